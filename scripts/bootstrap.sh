@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what storscp needs on a fresh Debian machine: a venv in .venv with
+# the project (and, with --test, its test tools), plus DCMTK when the tests
+# need it and it is missing. Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "bootstrap: storscp needs Python 3.11 or newer ($PYTHON is $("$PYTHON" -V 2>&1))" >&2
+    exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.storscp-installed
+extras=""
+[ "$want_test" = 1 ] && extras="[test]"
+if [ ! -f "$stamp$extras" ] || [ setup.cfg -nt "$stamp$extras" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".$extras"
+    touch "$stamp$extras"
+fi
+
+if [ "$want_test" = 1 ] && ! command -v storescu >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: the tests need DCMTK (storescu); run 'apt-get install dcmtk' as root" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing DCMTK (Debian package dcmtk)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q dcmtk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dcmtk >/dev/null; }
+fi

@@ -1,0 +1,5 @@
+import sys
+
+from storscp.cli import main
+
+sys.exit(main())

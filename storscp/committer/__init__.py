@@ -1,0 +1,1 @@
+"""The committer process: ready depot files into the storage directory."""

@@ -1,0 +1,5 @@
+import sys
+
+from storscp.committer.main import main
+
+sys.exit(main())

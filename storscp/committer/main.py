@@ -1,0 +1,117 @@
+"""Entry point of the committer: recover the depot, then commit as told.
+
+Binds the committer endpoint (PULL). Each wake-up drains every queued
+InstanceStored into one batch (one directory fsync); every
+`depot_scan_interval_s` it sweeps the depot for what the bus missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import zmq
+
+from storscp import bus
+from storscp.committer.commit import Committer
+from storscp.committer.recover import ready_names, remove_orphaned_parts
+from storscp.component import (
+    StartupFailure,
+    load_component_config,
+    make_outbox,
+    report_startup_failure,
+)
+from storscp.exitcodes import ExitCode
+from storscp.runtime import StopFlag, die_with_parent
+
+PROC = "committer"
+MAX_BATCH = 256
+POLL_MS = 200
+
+log = logging.getLogger(__name__)
+
+
+def sweep(committer: Committer) -> int:
+    """Commit every ready file left in the depot, oldest first; clean parts."""
+    names = ready_names(committer.depot_dir)
+    count = 0
+    for start in range(0, len(names), MAX_BATCH):
+        batch = names[start : start + MAX_BATCH]
+        count += committer.commit_batch([(name, None) for name in batch])
+    for name in remove_orphaned_parts(committer.depot_dir):
+        committer.outbox.event(
+            bus.EventType.ERROR,
+            what="partial depot file removed",
+            depot_file=name,
+            reason="its receiver died before the instance was complete",
+        )
+    return count
+
+
+def drain(sock: zmq.Socket[bytes]) -> list[tuple[str, bus.InstanceStored | None]]:
+    """Everything queued on the socket now, up to MAX_BATCH, without waiting."""
+    items: list[tuple[str, bus.InstanceStored | None]] = []
+    while len(items) < MAX_BATCH:
+        try:
+            frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        try:
+            msg = bus.decode(frames)
+        except bus.BusError as exc:
+            log.warning("ignoring malformed message: %s", exc)
+            continue
+        if isinstance(msg, bus.InstanceStored):
+            items.append((msg.depot_name, msg))
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_component_config(PROC, argv)
+        stop = StopFlag()
+        stop.install()
+        die_with_parent()
+        if not config.depot_dir.is_dir():
+            config.depot_dir.mkdir(mode=0o750, exist_ok=True)
+    except StartupFailure as exc:
+        return report_startup_failure(PROC, exc)
+    except OSError as exc:
+        return report_startup_failure(
+            PROC, StartupFailure(ExitCode.CANTCREAT, f"cannot create depot: {exc}")
+        )
+
+    outbox = make_outbox(PROC, config)
+    context = zmq.Context()
+    sock: zmq.Socket[bytes] = context.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, bus.SEND_HWM)
+    committer = None
+    try:
+        try:
+            sock.bind(bus.committer_endpoint(config.run_dir))
+            committer = Committer(config, outbox)
+        except (zmq.ZMQError, OSError) as exc:
+            reason = f"cannot start: {exc}"
+            outbox.event(bus.EventType.ERROR, what="committer cannot start", reason=reason)
+            return report_startup_failure(PROC, StartupFailure(ExitCode.CANTCREAT, reason))
+        recovered = sweep(committer)
+        outbox.event(bus.EventType.START, pid=os.getpid(), recovered=recovered)
+        next_sweep = time.monotonic() + config.depot_scan_interval_s
+        while not stop.requested.is_set():
+            if sock.poll(POLL_MS):
+                committer.commit_batch(drain(sock))
+            if time.monotonic() >= next_sweep:
+                sweep(committer)
+                next_sweep = time.monotonic() + config.depot_scan_interval_s
+        # Graceful stop: what is ready now gets committed before we go.
+        committer.commit_batch(drain(sock))
+        sweep(committer)
+        return ExitCode.OK
+    finally:
+        if committer is not None:
+            committer.close()
+        sock.close()
+        context.term()
+        outbox.close()

@@ -1,0 +1,13 @@
+"""Process exit codes, sysexits values so Supervisor and shells can tell them apart."""
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0  # clean stop
+    USAGE = 64  # bad command line
+    UNAVAILABLE = 69  # a needed resource is busy: port in use, log dir locked
+    SOFTWARE = 70  # internal error: a bug, with a traceback on stderr
+    CANTCREAT = 73  # cannot create or write a directory or file we own
+    NOPERM = 77  # permission denied: not allowed to control the service
+    CONFIG = 78  # invalid configuration

@@ -1,0 +1,5 @@
+import sys
+
+from storscp.logger.main import main
+
+sys.exit(main())

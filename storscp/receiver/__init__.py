@@ -1,0 +1,1 @@
+"""The receiver process: DICOM associations in, durable depot files out."""

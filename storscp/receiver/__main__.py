@@ -1,0 +1,5 @@
+import sys
+
+from storscp.receiver.main import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""Entry point of the receiver: start the AE, serve until told to stop, drain."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from pynetdicom import _config as pynetdicom_config
+
+from storscp import __version__, bus
+from storscp.component import (
+    StartupFailure,
+    load_component_config,
+    make_outbox,
+    report_startup_failure,
+)
+from storscp.config import Config
+from storscp.exitcodes import ExitCode
+from storscp.receiver.scp import Receiver
+from storscp.runtime import StopFlag, die_with_parent
+
+PROC = "receiver"
+
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's globals, set once here, never elsewhere."""
+    # Standard handlers would decode every dataset just to log it.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def check_depot(config: Config) -> None:
+    """The storage directory must exist; the depot inside it is ours to create."""
+    if not config.storage_dir.is_dir():
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"An existing Storage SCP directory must be specified: {config.storage_dir}"
+            " does not exist or is not a directory",
+        )
+    try:
+        config.depot_dir.mkdir(mode=0o750, exist_ok=True)
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot create depot {config.depot_dir}: {exc.strerror}"
+        ) from None
+    if not os.access(config.depot_dir, os.W_OK | os.X_OK):
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"depot {config.depot_dir} is not writable by uid {os.geteuid()}",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_component_config(PROC, argv)
+        stop = StopFlag()
+        stop.install()
+        die_with_parent()
+        check_depot(config)
+        configure_pynetdicom()
+    except StartupFailure as exc:
+        return report_startup_failure(PROC, exc)
+
+    outbox = make_outbox(PROC, config, to_committer=True)
+    try:
+        receiver = Receiver(config, outbox)
+        try:
+            host, port = receiver.start()
+        except OSError as exc:
+            code = ExitCode.UNAVAILABLE if exc.errno == errno.EADDRINUSE else ExitCode.CANTCREAT
+            reason = f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=reason)
+            return report_startup_failure(PROC, StartupFailure(code, reason))
+        outbox.event(
+            bus.EventType.START,
+            pid=os.getpid(),
+            version=__version__,
+            ae_title=config.ae_title,
+            host=host,
+            port=port,
+            storage_dir=str(config.storage_dir),
+            log_dir=str(config.log_dir),
+        )
+        stop.wait()
+        aborted = receiver.stop(config.drain_timeout_s, stop.urgent)
+        if aborted:
+            outbox.event(
+                bus.EventType.ERROR,
+                what="associations aborted at stop",
+                count=aborted,
+                reason=f"still running after drain_timeout_s={config.drain_timeout_s}",
+            )
+        return ExitCode.OK
+    finally:
+        outbox.close()

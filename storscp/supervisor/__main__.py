@@ -1,0 +1,5 @@
+import sys
+
+from storscp.supervisor.listener import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""Fixtures shared by the unit and system tests."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.service import Service, short_tempdir
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp dir with a short path (Unix socket paths are limited)."""
+    path = short_tempdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def service_factory(short_tmp: Path) -> Iterator[type[Service]]:
+    """Make services under short_tmp; every one is stopped and checked at teardown."""
+    made: list[Service] = []
+
+    def make(**keys: object) -> Service:
+        root = short_tmp / f"svc{len(made)}"
+        root.mkdir()
+        svc = Service(root, **keys)
+        made.append(svc)
+        return svc
+
+    yield make  # type: ignore[misc]
+    errors = []
+    for svc in made:
+        try:
+            svc.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, errors
+
+
+@pytest.fixture
+def service(service_factory: type[Service]) -> Service:
+    """A running service on its defaults (loopback, free port)."""
+    return service_factory().start()

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storscp.config import Config, ConfigError, load
+
+
+def test_defaults_serve_from_the_current_directory(tmp_path: Path) -> None:
+    config = load(None, base_dir=tmp_path)
+    assert config.ae_title == "STORSCP"
+    assert config.port == 11112
+    assert config.storage_dir == tmp_path / "storage"
+    assert config.depot_dir == tmp_path / "storage" / "depot"
+    assert config.log_max_bytes == 256000
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('ae_title = "FROMFILE"\nport = 2000\n')
+    config = load(path, {"port": "3000", "extension": ".img"}, base_dir=tmp_path)
+    assert (config.ae_title, config.port, config.extension) == ("FROMFILE", 3000, ".img")
+    assert config.is_explicit("port") and not config.is_explicit("host")
+
+
+def test_to_toml_round_trips(tmp_path: Path) -> None:
+    config = load(None, {"ae_title": "X Y", "port": "0"}, base_dir=tmp_path)
+    path = tmp_path / "eff.toml"
+    path.write_text(config.to_toml())
+    assert load(path) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("port = 70000", "'port'"),
+        ('port = "abc"', "'port'"),
+        ('ae_title = "A\\\\B"', "'ae_title'"),
+        ('ae_title = "THIS TITLE IS TOO LONG"', "'ae_title'"),
+        ('extension = "../x"', "'extension'"),
+        ("log_max_bytes = 10", "'log_max_bytes'"),
+        ('colour = "blue"', "'colour'"),
+        ("port = [1", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, base_dir=tmp_path)
+    assert needle in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "nope.toml")
+
+
+def test_run_dir_too_long_for_a_socket(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="run_dir"):
+        load(None, {"run_dir": "/tmp/" + "x" * 120})
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Config().port = 1  # type: ignore[misc]

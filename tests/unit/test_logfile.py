@@ -1,0 +1,93 @@
+"""Alternation of storscp1.log / storscp2.log on real files."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from storscp.logger.logfile import AlternatingLog
+
+LIMIT = 100
+
+
+def line(n: int, size: int = 20) -> bytes:
+    body = f"{n:04d}".encode().ljust(size - 1, b".")
+    return body + b"\n"
+
+
+def sizes(d: Path) -> tuple[int, int]:
+    return tuple(  # type: ignore[return-value]
+        (d / n).stat().st_size if (d / n).exists() else -1 for n in ("storscp1.log", "storscp2.log")
+    )
+
+
+def test_exactly_at_the_limit_stays(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(5):
+        log.write_line(line(i))  # 5 x 20 = 100 bytes, exactly the limit
+    assert sizes(tmp_path) == (100, -1)
+    log.write_line(line(5))  # one byte over would be 101: switch
+    assert sizes(tmp_path) == (100, 20)
+    assert log.current == 1
+
+
+def test_switch_empties_the_other_file(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(16):
+        log.write_line(line(i))
+    # 1: 0-4, 2: 5-9, 1 (emptied): 10-14, 2 (emptied): 15
+    assert (tmp_path / "storscp2.log").read_bytes() == line(15)
+    assert (tmp_path / "storscp1.log").read_bytes() == b"".join(line(i) for i in range(10, 15))
+    assert max(sizes(tmp_path)) <= LIMIT
+
+
+def test_line_longer_than_limit_is_cut_not_dropped(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    log.write_line(line(1))
+    log.write_line(b"x" * 500 + b"\n")
+    data = (tmp_path / "storscp2.log").read_bytes()
+    assert len(data) <= LIMIT and data.endswith(b" [cut]\n")
+
+
+def test_restart_continues_in_the_file_written_last(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(7):
+        log.write_line(line(i))
+    log.close()
+    os.utime(tmp_path / "storscp1.log", ns=(1, 1))  # make the ordering unambiguous
+    log = AlternatingLog(tmp_path, LIMIT)
+    assert log.current == 1 and log.size == 40
+    log.write_line(line(7))
+    assert sizes(tmp_path) == (100, 60)
+
+
+def test_both_files_missing_starts_with_file_1(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    log.write_line(line(0))
+    assert sizes(tmp_path) == (20, -1)
+
+
+def test_older_file_deleted(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(7):
+        log.write_line(line(i))
+    log.close()
+    (tmp_path / "storscp1.log").unlink()
+    log = AlternatingLog(tmp_path, LIMIT)
+    assert log.current == 1
+    log.write_line(line(7))
+    assert sizes(tmp_path) == (-1, 60)
+
+
+def test_newer_file_deleted(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(7):
+        log.write_line(line(i))
+    log.close()
+    (tmp_path / "storscp2.log").unlink()
+    time.sleep(0.01)
+    log = AlternatingLog(tmp_path, LIMIT)
+    assert log.current == 0 and log.size == 100
+    log.write_line(line(7))  # file 1 is full: switch to a new file 2
+    assert sizes(tmp_path) == (100, 20)
