@@ -12,7 +12,7 @@ run: install
 
 test:
 	scripts/bootstrap.sh --test
-	$(BIN)/ruff check storscp tests bench
+	$(BIN)/ruff check storscp tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
