@@ -47,6 +47,14 @@ class Config:
     run_dir: Path = Path("run")
     # Largest P-DATA PDU we announce; big PDUs mean fewer reads per instance.
     max_pdu_bytes: int = 4 * 1024 * 1024
+    # Associations served at once; the next one is rejected "local limit exceeded".
+    max_associations: int = 32
+    # Seconds to wait for an A-ASSOCIATE-RQ (and release) after connecting.
+    acse_timeout_s: float = 30.0
+    # Seconds of silence between PDUs before an association is aborted.
+    network_timeout_s: float = 60.0
+    # Seconds to receive one PDU once it has started: drops slow-drip peers.
+    dimse_timeout_s: float = 60.0
     # How often the committer sweeps the depot for files the bus missed.
     depot_scan_interval_s: float = 2.0
     # A receiver lets associations in flight finish for this long on SIGTERM.
@@ -83,6 +91,10 @@ KEYS: dict[str, tuple[type, str]] = {
     "log_max_bytes": (int, "alternation threshold of the two log files"),
     "run_dir": (Path, "sockets, generated supervisord.conf, pid file"),
     "max_pdu_bytes": (int, "largest PDU we accept from a peer"),
+    "max_associations": (int, "associations served at once"),
+    "acse_timeout_s": (float, "wait for the association request"),
+    "network_timeout_s": (float, "silence allowed between PDUs"),
+    "dimse_timeout_s": (float, "time to receive one PDU"),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
 }
@@ -211,6 +223,14 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{src}: key 'max_pdu_bytes' must be 16384-67108864, got {config.max_pdu_bytes}"
         )
+    if not 1 <= config.max_associations <= 10000:
+        raise ConfigError(
+            f"{src}: key 'max_associations' must be 1-10000, got {config.max_associations}"
+        )
+    for key in ("acse_timeout_s", "network_timeout_s", "dimse_timeout_s"):
+        value = getattr(config, key)
+        if not 0.1 <= value <= 86400:
+            raise ConfigError(f"{src}: key {key!r} must be 0.1-86400 seconds, got {value}")
     if not 0.05 <= config.depot_scan_interval_s <= 3600:
         raise ConfigError(
             f"{src}: key 'depot_scan_interval_s' must be 0.05-3600,"

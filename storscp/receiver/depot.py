@@ -11,19 +11,13 @@ ready name and fsyncs the depot directory: only then may Success be sent.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import io
 import os
-import struct
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
@@ -32,17 +26,6 @@ from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, depot
 PREAMBLE = b"\x00" * 128 + b"DICM"
 WRITE_BUFFER_BYTES = 256 * 1024
 
-DEFLATED_TS = "1.2.840.10008.1.2.1.99"
-IMPLICIT_LE_TS = "1.2.840.10008.1.2"
-EXPLICIT_BE_TS = "1.2.840.10008.1.2.2"
-
-SOP_CLASS_TAG = 0x00080016
-SOP_INSTANCE_TAG = 0x00080018
-# How much of a deflated dataset we inflate to find its SOP UIDs.
-DEFLATED_HEAD_BYTES = 1024 * 1024
-
-# errnos that mean "no room or no right to write": the SCU gets 0xA700.
-RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def file_meta_bytes(
@@ -148,45 +131,3 @@ class PartFile:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-@dataclass(frozen=True, slots=True)
-class SopUids:
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-
-
-def read_sop_uids(path: Path, offset: int, transfer_syntax_uid: str) -> SopUids:
-    """Read (0008,0016) and (0008,0018) from the dataset at `offset` of `path`.
-
-    Only the head of the dataset is parsed; large values are skipped unread.
-    Raises ValueError (or an OSError) when the bytes cannot be parsed.
-    """
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        stream: BinaryIO = fh
-        if transfer_syntax_uid == DEFLATED_TS:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            try:
-                head = inflater.decompress(fh.read(DEFLATED_HEAD_BYTES), DEFLATED_HEAD_BYTES)
-            except zlib.error as exc:
-                raise ValueError(f"deflated dataset cannot be inflated: {exc}") from exc
-            stream = io.BytesIO(head)
-        found: dict[int, str] = {}
-        elements = data_element_generator(
-            stream,
-            is_implicit_VR=transfer_syntax_uid == IMPLICIT_LE_TS,
-            is_little_endian=transfer_syntax_uid != EXPLICIT_BE_TS,
-            stop_when=lambda tag, vr, length: tag > SOP_INSTANCE_TAG,
-            defer_size=4096,
-        )
-        try:
-            for elem in elements:
-                if elem.tag in (SOP_CLASS_TAG, SOP_INSTANCE_TAG):
-                    value = elem.value
-                    if isinstance(value, bytes):
-                        value = value.decode("ascii", errors="replace")
-                    found[elem.tag] = str(value or "")
-        except (EOFError, struct.error, NotImplementedError) as exc:
-            raise ValueError(f"dataset cannot be parsed: {exc}") from exc
-    return SopUids(found.get(SOP_CLASS_TAG), found.get(SOP_INSTANCE_TAG))

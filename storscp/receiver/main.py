@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import os
 
-from pynetdicom import _config as pynetdicom_config
-
 from storscp import __version__, bus
 from storscp.component import (
     StartupFailure,
@@ -16,18 +14,10 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
-from storscp.receiver.scp import Receiver
+from storscp.receiver.server import Receiver
 from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "receiver"
-
-
-def configure_pynetdicom() -> None:
-    """pynetdicom's globals, set once here, never elsewhere."""
-    # Standard handlers would decode every dataset just to log it.
-    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def check_depot(config: Config) -> None:
@@ -58,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         die_with_parent()
         check_depot(config)
-        configure_pynetdicom()
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 
@@ -66,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         receiver = Receiver(config, outbox)
         try:
-            host, port = receiver.start()
+            host, port = receiver.listen()
         except OSError as exc:
             code = ExitCode.UNAVAILABLE if exc.errno == errno.EADDRINUSE else ExitCode.CANTCREAT
             reason = f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
             outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=reason)
             return report_startup_failure(PROC, StartupFailure(code, reason))
+        receiver.start()
         outbox.event(
             bus.EventType.START,
             pid=os.getpid(),

@@ -14,7 +14,8 @@ from storscp import bus, depotfiles
 from storscp.committer.commit import QUARANTINE_SUFFIX, Committer
 from storscp.committer.recover import ready_names, remove_orphaned_parts
 from storscp.config import load
-from storscp.receiver.depot import PartFile, file_meta_bytes, read_sop_uids
+from storscp.receiver.depot import PartFile, file_meta_bytes
+from storscp.receiver.sopuids import from_file as read_sop_uids
 from support import dicomfiles as df
 
 

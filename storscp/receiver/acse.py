@@ -1,0 +1,173 @@
+"""Association negotiation: A-ASSOCIATE-RQ in, A-ASSOCIATE-AC out, via pynetdicom.
+
+pynetdicom decodes the request, negotiates the presentation contexts and
+encodes the accept. That costs ~12 ms for the ~128 contexts a default
+`storescu` proposes, and a modality proposes the same bytes every time, so
+results are cached by the exact request bytes (bounded LRU). Who may
+associate (AE titles, peer address) is decided per connection by the
+caller, never cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import cast
+
+from pydicom.uid import UID
+from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    build_context,
+    negotiate_as_acceptor,
+)
+
+from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storscp.receiver.dimse import VERIFICATION_SOP_CLASS
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+CACHE_SIZE = 128
+
+
+class NegotiationError(ValueError):
+    """An A-ASSOCIATE-RQ we cannot decode: the connection is aborted."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedContext:
+    abstract_syntax: str
+    transfer_syntax: str
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """Everything the receiver needs from one A-ASSOCIATE-RQ."""
+
+    calling_ae: str
+    called_ae: str
+    application_context: str
+    protocol_version: int
+    peer_max_pdu: int
+    peer_implementation_uid: str
+    peer_implementation_version: str
+    contexts: dict[int, AcceptedContext]
+    proposed: int
+    ac_pdu: bytes
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Verification, and every storage SOP class pynetdicom knows in every syntax."""
+    contexts = [build_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)]
+    for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None
+        contexts.append(build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES))
+    return contexts
+
+
+class Negotiator:
+    """Thread-safe negotiation with a cache keyed by the request bytes."""
+
+    def __init__(self, max_pdu_bytes: int) -> None:
+        self.max_pdu_bytes = max_pdu_bytes
+        self._contexts = supported_contexts()
+        self._cache: OrderedDict[bytes, Negotiated] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def negotiate(self, rq_pdu: bytes) -> Negotiated:
+        """Negotiate a complete A-ASSOCIATE-RQ PDU (header included)."""
+        with self._lock:
+            hit = self._cache.get(rq_pdu)
+            if hit is not None:
+                self._cache.move_to_end(rq_pdu)
+                return hit
+        result = self._negotiate(rq_pdu)
+        with self._lock:
+            self._cache[rq_pdu] = result
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return result
+
+    def _negotiate(self, rq_pdu: bytes) -> Negotiated:
+        pdu = A_ASSOCIATE_RQ()
+        try:
+            pdu.decode(rq_pdu)
+            request = pdu.to_primitive()
+        except Exception as exc:  # pynetdicom raises many kinds on malformed input
+            raise NegotiationError(f"malformed A-ASSOCIATE-RQ: {exc!r}") from None
+
+        roles: dict[UID, tuple[bool | None, bool | None]] = {}
+        user_info = request.user_information or []
+        peer_max = 0
+        impl_uid = impl_version = ""
+        for item in user_info:
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+                if item.sop_class_uid is not None:
+                    roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
+            elif isinstance(item, MaximumLengthNotification):
+                peer_max = int(item.maximum_length_received or 0)
+            elif isinstance(item, ImplementationClassUIDNotification):
+                impl_uid = str(item.implementation_class_uid or "")
+            elif isinstance(item, ImplementationVersionNameNotification):
+                impl_version = str(item.implementation_version_name or "")
+
+        proposed = request.presentation_context_definition_list
+        try:
+            results, role_items = negotiate_as_acceptor(proposed, self._contexts, roles or None)
+        except Exception as exc:
+            raise NegotiationError(f"cannot negotiate presentation contexts: {exc!r}") from None
+
+        contexts = {
+            cast(int, cx.context_id): AcceptedContext(
+                str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+            )
+            for cx in results
+            if cx.result == 0x00
+        }
+        ac_pdu = self._encode_accept(request, results, role_items)
+        return Negotiated(
+            calling_ae=str(request.calling_ae_title or "").strip(),
+            called_ae=str(request.called_ae_title or "").strip(),
+            application_context=str(request.application_context_name or ""),
+            protocol_version=int(getattr(pdu, "protocol_version", 1)),
+            peer_max_pdu=peer_max,
+            peer_implementation_uid=impl_uid,
+            peer_implementation_version=impl_version,
+            contexts=contexts,
+            proposed=len(proposed),
+            ac_pdu=ac_pdu,
+        )
+
+    def _encode_accept(
+        self,
+        request: A_ASSOCIATE,
+        results: list[PresentationContext],
+        role_items: list[SCP_SCU_RoleSelectionNegotiation],
+    ) -> bytes:
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = self.max_pdu_bytes
+        impl_uid = ImplementationClassUIDNotification()
+        impl_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        impl_version = ImplementationVersionNameNotification()
+        impl_version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+
+        accept = A_ASSOCIATE()
+        accept.application_context_name = APPLICATION_CONTEXT_NAME
+        accept.calling_ae_title = request.calling_ae_title
+        accept.called_ae_title = request.called_ae_title
+        accept.result = 0x00
+        accept.result_source = 0x01
+        accept.presentation_context_definition_results_list = results
+        accept.user_information = [max_length, impl_uid, impl_version, *role_items]
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(accept)
+        return pdu.encode()

@@ -1,0 +1,420 @@
+"""One TCP connection as an association acceptor (PS3.8 state machine, acceptor side).
+
+Runs on its own thread with a blocking socket. Waits for A-ASSOCIATE-RQ,
+negotiates (acse.py), then reads PDUs: P-DATA-TF items are streamed — a
+C-STORE dataset goes from the socket into a reused buffer and straight into
+its depot file, so memory stays a few hundred KB whatever the instance size
+and whatever length a peer announces. A-RELEASE-RQ is answered, A-ABORT
+ends it, anything else aborts it.
+
+Timeouts: `acse_timeout_s` for the association request, `network_timeout_s`
+of silence between PDUs, `dimse_timeout_s` to receive one PDU once it has
+started (which drops slow-drip peers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from storscp import bus
+from storscp.receiver import dimse, pdu
+from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
+from storscp.receiver.dimse import Command, CommandError, CommandField
+from storscp.receiver.store import (
+    PendingStore,
+    StoreFailure,
+    StoreStatus,
+    finish_store,
+    open_store,
+)
+
+if TYPE_CHECKING:
+    from storscp.receiver.server import Receiver
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 256 * 1024
+MAX_COMMAND_BYTES = 64 * 1024
+# An A-ASSOCIATE-RQ with hundreds of contexts is ~30 KB; more is not a modality.
+MAX_ASSOCIATE_RQ_BYTES = 1024 * 1024
+# Some SCUs count the 6-byte PDU header in the maximum length they may send.
+PDU_LENGTH_SLACK = 6
+
+
+class PeerClosed(Exception):
+    """The peer closed the TCP connection."""
+
+
+class ProtocolError(Exception):
+    """The peer broke the Upper Layer or DIMSE protocol; we abort."""
+
+    def __init__(self, message: str, reason: pdu.AbortReason = pdu.AbortReason.NOT_SPECIFIED):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class AssociationStats:
+    instances: int = 0
+    bytes: int = 0
+    failures: int = 0
+
+
+class Connection:
+    """Serves one connection from accept to close."""
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int], receiver: Receiver) -> None:
+        self.sock = sock
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer_host = peer[0]
+        self.receiver = receiver
+        self.config = receiver.config
+        self.outbox = receiver.outbox
+        self.assoc: Negotiated | None = None
+        self.stats = AssociationStats()
+        self._buffer = bytearray(READ_CHUNK_BYTES)
+        self._view = memoryview(self._buffer)
+        self._command = bytearray()
+        self._pending: PendingStore | None = None
+        self._expecting_dataset: Command | None = None
+        self._deadline = 0.0
+        self._admitted = False
+        self._stopping = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the association to its end; never raises."""
+        ending = "closed"
+        reason = ""
+        try:
+            if self._associate():
+                ending, reason = self._serve_established()
+        except PeerClosed:
+            ending, reason = "aborted", "peer closed the connection"
+            if self._stopping:
+                reason = "service stopping: drain timeout reached"
+        except TimeoutError:
+            ending, reason = "aborted", "timed out waiting for the peer"
+            self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
+        except ProtocolError as exc:
+            ending, reason = "aborted", f"protocol error: {exc}"
+            self._send_quietly(pdu.abort(exc.reason))
+            self._error("protocol error", str(exc))
+        except OSError as exc:
+            ending, reason = "aborted", f"network error: {exc}"
+        except Exception as exc:  # the boundary: one bad connection never stops the service
+            log.exception("unexpected error on connection from %s", self.peer)
+            ending, reason = "aborted", f"internal error: {exc!r}"
+            self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
+            self._error("internal error", repr(exc))
+        finally:
+            if self._pending is not None:
+                self._pending.discard()
+                self._pending = None
+            self._close()
+            if self._admitted:
+                self.receiver.association_ended()
+                self._association_event(ending, reason=reason, **self._stats_fields())
+
+    def abort(self) -> None:
+        """Abort from another thread (service stopping): the reader then fails."""
+        self._stopping = True
+        self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # -- association establishment -----------------------------------------------
+
+    def _associate(self) -> bool:
+        """Handle A-ASSOCIATE-RQ; True if accepted."""
+        self.sock.settimeout(self.config.acse_timeout_s)
+        header = self._recv_exact(6)
+        pdu_type, length = pdu.HEADER.unpack(header)
+        if pdu_type != pdu.PduType.ASSOCIATE_RQ:
+            raise ProtocolError(
+                f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}",
+                pdu.AbortReason.UNEXPECTED_PDU,
+            )
+        if length > MAX_ASSOCIATE_RQ_BYTES:
+            raise ProtocolError(
+                f"A-ASSOCIATE-RQ of {length} bytes", pdu.AbortReason.INVALID_PDU_PARAMETER
+            )
+        self._deadline = time.monotonic() + self.config.acse_timeout_s
+        body = self._recv_exact(length, deadline=True)
+        try:
+            assoc = self.receiver.negotiator.negotiate(header + body)
+        except NegotiationError as exc:
+            raise ProtocolError(str(exc), pdu.AbortReason.INVALID_PDU_PARAMETER) from None
+        self.assoc = assoc
+        self._association_event(
+            "requested",
+            contexts_proposed=assoc.proposed,
+            implementation=assoc.peer_implementation_version or assoc.peer_implementation_uid,
+        )
+        reject = self._reject_reason(assoc)
+        if reject is not None:
+            self._send(pdu.associate_rj(reject))
+            self._association_event("rejected", reason=reject.text)
+            return False
+        self._admitted = True
+        self._send(assoc.ac_pdu)
+        self._association_event(
+            "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
+        )
+        return True
+
+    def _reject_reason(self, assoc: Negotiated) -> pdu.Reject | None:
+        if assoc.protocol_version & 0x0001 == 0:
+            return pdu.REJECT_PROTOCOL_VERSION
+        if assoc.application_context != APPLICATION_CONTEXT_NAME:
+            return pdu.REJECT_APPLICATION_CONTEXT
+        # Last: admission counts us as an association when it lets us in.
+        return self.receiver.admit(assoc, self.peer_host)
+
+    # -- established ----------------------------------------------------------------
+
+    def _serve_established(self) -> tuple[str, str]:
+        """Read PDUs until release or abort; returns (ending, reason)."""
+        while True:
+            self.sock.settimeout(self.config.network_timeout_s)
+            header = self._recv_exact(6)
+            pdu_type, length = pdu.HEADER.unpack(header)
+            self._deadline = time.monotonic() + self.config.dimse_timeout_s
+            if pdu_type == pdu.PduType.P_DATA_TF:
+                self._read_p_data(length)
+            elif pdu_type == pdu.PduType.RELEASE_RQ:
+                self._recv_exact(min(length, 4), deadline=True)
+                self._send(pdu.release_rp())
+                return "released", ""
+            elif pdu_type == pdu.PduType.ABORT:
+                self._recv_exact(min(length, 4), deadline=True)
+                return "aborted", "peer sent A-ABORT"
+            else:
+                raise ProtocolError(
+                    f"unexpected PDU type 0x{pdu_type:02X} after association",
+                    pdu.AbortReason.UNEXPECTED_PDU
+                    if pdu_type in pdu.PduType.__members__.values()
+                    else pdu.AbortReason.UNRECOGNIZED_PDU,
+                )
+
+    def _read_p_data(self, length: int) -> None:
+        limit = self.config.max_pdu_bytes + PDU_LENGTH_SLACK
+        if length > limit:
+            raise ProtocolError(
+                f"P-DATA-TF of {length} bytes exceeds our maximum of {self.config.max_pdu_bytes}",
+                pdu.AbortReason.INVALID_PDU_PARAMETER,
+            )
+        remaining = length
+        while remaining > 0:
+            if remaining < 6:
+                raise ProtocolError("P-DATA-TF ends inside a PDV item header")
+            item_length, context_id, control = pdu.PDV_HEADER.unpack(
+                self._recv_exact(6, deadline=True)
+            )
+            remaining -= 6
+            if item_length < 2 or item_length - 2 > remaining:
+                raise ProtocolError(
+                    f"PDV item length {item_length} does not fit its PDU",
+                    pdu.AbortReason.INVALID_PDU_PARAMETER,
+                )
+            data_length = item_length - 2
+            remaining -= data_length
+            if control & 0x01:
+                self._read_command_fragment(context_id, data_length, last=bool(control & 0x02))
+            else:
+                self._read_dataset_fragment(context_id, data_length, last=bool(control & 0x02))
+
+    def _read_command_fragment(self, context_id: int, length: int, last: bool) -> None:
+        if self._expecting_dataset is not None:
+            raise ProtocolError("command fragment while a dataset was expected")
+        if len(self._command) + length > MAX_COMMAND_BYTES:
+            raise ProtocolError("command set larger than 64 KiB")
+        self._command += self._recv_exact(length, deadline=True)
+        if last:
+            data = bytes(self._command)
+            self._command.clear()
+            try:
+                command = dimse.decode_command(data)
+            except CommandError as exc:
+                raise ProtocolError(str(exc)) from None
+            self._on_command(context_id, command)
+
+    def _read_dataset_fragment(self, context_id: int, length: int, last: bool) -> None:
+        command = self._expecting_dataset
+        if command is None:
+            raise ProtocolError("dataset fragment without a command")
+        pending = self._pending
+        if pending is None or pending.context_id != context_id:
+            raise ProtocolError("dataset fragment on another presentation context")
+        left = length
+        while left > 0:
+            n = self._recv_into(min(left, READ_CHUNK_BYTES))
+            pending.take(self._view[:n])
+            left -= n
+        if last:
+            self._expecting_dataset = None
+            self._pending = None
+            self._complete_store(pending)
+
+    # -- DIMSE --------------------------------------------------------------------------
+
+    def _on_command(self, context_id: int, command: Command) -> None:
+        assert self.assoc is not None
+        context = self.assoc.contexts.get(context_id)
+        if context is None:
+            raise ProtocolError(
+                f"message on presentation context {context_id}, which was not accepted",
+                pdu.AbortReason.INVALID_PDU_PARAMETER,
+            )
+        if command.command_field == CommandField.C_ECHO_RQ:
+            if command.has_dataset:
+                raise ProtocolError("C-ECHO-RQ with a dataset")
+            self._send(pdu.p_data_command(context_id, dimse.echo_response(command.message_id)))
+        elif command.command_field == CommandField.C_STORE_RQ:
+            if not command.has_dataset:
+                self._respond_store(
+                    context_id, command, StoreStatus.CANNOT_UNDERSTAND, "C-STORE without a dataset"
+                )
+                return
+            self._expecting_dataset = command
+            self._pending = open_store(
+                command,
+                context_id,
+                context.abstract_syntax,
+                context.transfer_syntax,
+                self.assoc.calling_ae,
+                self.receiver.depot_dir,
+                self.receiver.file_mode,
+            )
+        elif command.command_field == CommandField.C_CANCEL_RQ:
+            return  # nothing of ours is cancellable
+        else:
+            raise ProtocolError(
+                f"unsupported DIMSE command 0x{command.command_field:04X}",
+                pdu.AbortReason.UNRECOGNIZED_PDU_PARAMETER,
+            )
+
+    def _complete_store(self, pending: PendingStore) -> None:
+        command = pending.command
+        try:
+            stored = finish_store(pending, self.receiver.depot_dir_fd)
+        except StoreFailure as exc:
+            self._store_failed(pending, exc.status, str(exc))
+            return
+        except Exception as exc:  # never let a bug drop the association silently
+            log.exception("unexpected error finishing C-STORE")
+            self._store_failed(pending, StoreStatus.UNEXPECTED_ERROR, f"internal error: {exc!r}")
+            return
+        finally:
+            pending.discard()
+        self.stats.instances += 1
+        self.stats.bytes += stored.size_bytes
+        self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
+        self.outbox.post("committer", stored)
+
+    def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
+        self.stats.failures += 1
+        command = pending.command
+        assert self.assoc is not None
+        self.outbox.event(
+            bus.EventType.ERROR,
+            what="C-STORE failed",
+            status=f"0x{status:04X}",
+            status_name=status.name,
+            reason=reason,
+            sop_instance_uid=command.affected_sop_instance_uid,
+            sop_class_uid=command.affected_sop_class_uid,
+            calling_ae=self.assoc.calling_ae,
+            peer=self.peer,
+        )
+        self._respond_store(pending.context_id, command, status, reason)
+
+    def _respond_store(
+        self, context_id: int, command: Command, status: StoreStatus, comment: str = ""
+    ) -> None:
+        response = dimse.store_response(
+            command.message_id,
+            command.affected_sop_class_uid.rstrip("\x00 "),
+            command.affected_sop_instance_uid.rstrip("\x00 "),
+            int(status),
+            comment,
+        )
+        self._send(pdu.p_data_command(context_id, response))
+
+    # -- socket I/O ---------------------------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("PDU not received within dimse_timeout_s")
+        self.sock.settimeout(left)
+
+    def _recv_exact(self, n: int, deadline: bool = False) -> bytes:
+        chunks: list[bytes] = []
+        while n > 0:
+            if deadline:
+                self._arm_deadline()
+            data = self.sock.recv(min(n, READ_CHUNK_BYTES))
+            if not data:
+                raise PeerClosed()
+            chunks.append(data)
+            n -= len(data)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _recv_into(self, n: int) -> int:
+        self._arm_deadline()
+        got = self.sock.recv_into(self._view[:n], n)
+        if got == 0:
+            raise PeerClosed()
+        return got
+
+    def _send(self, data: bytes) -> None:
+        self.sock.settimeout(self.config.network_timeout_s)
+        self.sock.sendall(data)
+
+    def _send_quietly(self, data: bytes) -> None:
+        try:
+            self.sock.settimeout(1.0)
+            self.sock.sendall(data)
+        except OSError:
+            pass
+
+    # -- events -------------------------------------------------------------------------
+
+    def _stats_fields(self) -> dict[str, bus.FieldValue]:
+        return {
+            "instances": self.stats.instances,
+            "bytes": self.stats.bytes,
+            "failures": self.stats.failures,
+        }
+
+    def _association_event(self, state: str, **fields: bus.FieldValue) -> None:
+        assoc = self.assoc
+        self.outbox.event(
+            bus.EventType.ASSOCIATION,
+            state=state,
+            calling_ae=assoc.calling_ae if assoc else "",
+            called_ae=assoc.called_ae if assoc else "",
+            peer=self.peer,
+            **fields,
+        )
+
+    def _error(self, what: str, reason: str) -> None:
+        assoc = self.assoc
+        self.outbox.event(
+            bus.EventType.ERROR,
+            what=what,
+            reason=reason,
+            calling_ae=assoc.calling_ae if assoc else "",
+            peer=self.peer,
+        )

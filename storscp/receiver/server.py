@@ -1,0 +1,150 @@
+"""The receiver's listening socket, its connections, and who gets in.
+
+One thread accepts; each connection gets its own thread running a
+`Connection`. The socket is bound with SO_REUSEPORT so that several
+receiver processes can share the port and the kernel spreads connections
+over them. Stopping closes the listener, lets associations finish until the
+drain deadline, then aborts what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+
+from storscp.config import Config
+from storscp.outbox import Outbox
+from storscp.receiver import pdu
+from storscp.receiver.acse import Negotiated, Negotiator
+from storscp.receiver.connection import Connection
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 128
+# Connections still negotiating count against this extra allowance.
+PENDING_CONNECTIONS = 16
+FILE_MODE = 0o640
+
+
+class Receiver:
+    """Accepts connections and holds what all of them share."""
+
+    def __init__(self, config: Config, outbox: Outbox) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.depot_dir = config.depot_dir
+        self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.file_mode = FILE_MODE
+        self.negotiator = Negotiator(config.max_pdu_bytes)
+        self._lock = threading.Lock()
+        self._associations = 0
+        self._connections: set[Connection] = set()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- listening ------------------------------------------------------------
+
+    def listen(self) -> tuple[str, int]:
+        """Bind and listen; return the bound (host, port). Raises OSError."""
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.config.host, self.config.port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
+        self._acceptor.start()
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, address = listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)  # EMFILE and friends: do not spin
+                continue
+            with self._lock:
+                crowded = len(self._connections) >= (
+                    self.config.max_associations + PENDING_CONNECTIONS
+                )
+            if crowded:
+                sock.close()
+                continue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = Connection(sock, address, self)
+            with self._lock:
+                self._connections.add(connection)
+            threading.Thread(
+                target=self._run_connection, args=(connection,), name="association", daemon=True
+            ).start()
+
+    def _run_connection(self, connection: Connection) -> None:
+        try:
+            connection.serve()
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+
+    # -- admission ------------------------------------------------------------
+
+    def admit(self, assoc: Negotiated, peer_host: str) -> pdu.Reject | None:
+        """None to accept (and count) the association, else why to reject it."""
+        with self._lock:
+            if self._stopping.is_set():
+                return pdu.REJECT_CONGESTION
+            if self._associations >= self.config.max_associations:
+                return pdu.REJECT_LOCAL_LIMIT
+            self._associations += 1
+        return None
+
+    def association_ended(self) -> None:
+        with self._lock:
+            self._associations -= 1
+
+    # -- stopping -------------------------------------------------------------
+
+    def stop(self, drain_timeout_s: float, urgent: threading.Event) -> int:
+        """Stop accepting; drain until the deadline; abort the rest. Returns aborted count."""
+        self._stopping.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        if self._acceptor is not None:
+            self._acceptor.join(2.0)
+        deadline = time.monotonic() + drain_timeout_s
+        while self._live() and time.monotonic() < deadline:
+            if urgent.wait(0.05):
+                break
+        left = self._live()
+        for connection in left:
+            connection.abort()
+        end = time.monotonic() + 5.0
+        while self._live() and time.monotonic() < end:
+            time.sleep(0.02)
+        if not self._live():
+            os.close(self.depot_dir_fd)
+        return len(left)
+
+    def _live(self) -> list[Connection]:
+        with self._lock:
+            return list(self._connections)

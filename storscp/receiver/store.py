@@ -1,0 +1,175 @@
+"""One C-STORE from command set to answer: open the part, check, make durable.
+
+`open_store()` runs when the command set is complete and decides where the
+dataset goes (a PartFile, or nowhere with a recorded refusal); the
+connection streams the dataset into it; `finish_store()` checks the UIDs,
+makes the file durable and returns the status to send. Every failure has a
+named status and a reason; only Success carries an InstanceStored.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from storscp import bus
+from storscp.receiver import sopuids
+from storscp.receiver.depot import PartFile, file_meta_bytes
+from storscp.receiver.dimse import Command
+from storscp.uids import UIDError, check_uid, strip_padding
+
+# Dataset bytes kept in memory to find the SOP UIDs without reading the file.
+HEAD_BYTES = 64 * 1024
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses we send (PS3.4 Annex B.2.3, PS3.7 Annex C)."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    INVALID_UID = 0xC001
+    # Also pynetdicom's code for "exception in the handler".
+    UNEXPECTED_ERROR = 0xC211
+
+
+class StoreFailure(Exception):
+    """A C-STORE that must be answered with `status`; the message says why."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def status_for_os_error(exc: OSError) -> StoreStatus:
+    """Full disk or quota: out of resources; anything else: processing failure."""
+    if exc.errno in RESOURCE_ERRNOS:
+        return StoreStatus.OUT_OF_RESOURCES
+    return StoreStatus.PROCESSING_FAILURE
+
+
+class Discard:
+    """Where a refused dataset goes: read off the wire (the peer is mid-message), dropped."""
+
+    def __init__(self, failure: StoreFailure) -> None:
+        self.failure = failure
+        self.dataset_bytes = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.dataset_bytes += len(data)
+
+    def discard(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class PendingStore:
+    """A C-STORE whose dataset is arriving."""
+
+    command: Command
+    context_id: int
+    transfer_syntax: str
+    calling_ae: str
+    sink: PartFile | Discard
+    head: bytearray = field(default_factory=bytearray)
+
+    def take(self, data: memoryview) -> None:
+        """Dataset bytes off the wire, in order."""
+        self.sink.write(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+
+    def discard(self) -> None:
+        self.sink.discard()
+
+
+def open_store(
+    command: Command,
+    context_id: int,
+    abstract_syntax: str,
+    transfer_syntax: str,
+    calling_ae: str,
+    depot_dir: Path,
+    file_mode: int,
+) -> PendingStore:
+    """Decide where the dataset of a C-STORE-RQ goes, before it arrives."""
+    sink: PartFile | Discard
+    try:
+        uid = check_uid(command.affected_sop_instance_uid)
+        class_uid = check_uid(command.affected_sop_class_uid)
+    except UIDError as exc:
+        sink = Discard(StoreFailure(StoreStatus.INVALID_UID, f"request UID: {exc}"))
+    else:
+        if class_uid != abstract_syntax:
+            sink = Discard(
+                StoreFailure(
+                    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                    f"SOP Class {class_uid} sent on a context for {abstract_syntax}",
+                )
+            )
+        else:
+            try:
+                meta = file_meta_bytes(class_uid, uid, transfer_syntax, calling_ae)
+                sink = PartFile(depot_dir, meta, file_mode)
+            except OSError as exc:
+                sink = Discard(
+                    StoreFailure(status_for_os_error(exc), f"cannot create depot file: {exc}")
+                )
+    return PendingStore(command, context_id, transfer_syntax, calling_ae, sink)
+
+
+def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored:
+    """Check the received instance and make it durable; raise StoreFailure if not.
+
+    On return the ready file is fsynced in the depot: Success may be sent.
+    The caller discards the part in every case (a no-op once it is ready).
+    """
+    part = pending.sink
+    if isinstance(part, Discard):
+        raise part.failure
+    part.flush()
+    if part.error is not None:
+        raise StoreFailure(
+            status_for_os_error(part.error), f"cannot write depot file: {part.error}"
+        )
+    command = pending.command
+    uid = strip_padding(command.affected_sop_instance_uid)
+    class_uid = strip_padding(command.affected_sop_class_uid)
+    found = sopuids.from_head(
+        bytes(pending.head), pending.transfer_syntax, part.dataset_bytes <= HEAD_BYTES
+    )
+    if found is None:
+        try:
+            found = sopuids.from_file(part.path, part.dataset_offset, pending.transfer_syntax)
+        except (ValueError, OSError) as exc:
+            raise StoreFailure(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+    if found.sop_instance_uid is None or strip_padding(found.sop_instance_uid) != uid:
+        raise StoreFailure(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Instance UID {found.sop_instance_uid!r} != request {uid!r}",
+        )
+    if found.sop_class_uid is None or strip_padding(found.sop_class_uid) != class_uid:
+        raise StoreFailure(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Class UID {found.sop_class_uid!r} != request {class_uid!r}",
+        )
+    try:
+        name = part.make_ready(uid, depot_dir_fd)
+    except OSError as exc:
+        raise StoreFailure(
+            status_for_os_error(exc), f"cannot make depot file durable: {exc}"
+        ) from exc
+    return bus.InstanceStored(
+        depot_name=name,
+        sop_instance_uid=uid,
+        sop_class_uid=class_uid,
+        transfer_syntax_uid=pending.transfer_syntax,
+        size_bytes=part.dataset_offset + part.dataset_bytes,
+        calling_ae=pending.calling_ae,
+    )
