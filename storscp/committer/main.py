@@ -39,11 +39,14 @@ def sweep(committer: Committer) -> int:
     for start in range(0, len(names), MAX_BATCH):
         batch = names[start : start + MAX_BATCH]
         count += committer.commit_batch([(name, None) for name in batch])
-    for name in remove_orphaned_parts(committer.depot_dir):
+    for name, size in remove_orphaned_parts(committer.depot_dir):
+        if size == 0:
+            continue  # a receiver's spare, never written to
         committer.outbox.event(
             bus.EventType.ERROR,
             what="partial depot file removed",
             depot_file=name,
+            bytes=size,
             reason="its receiver died before the instance was complete",
         )
     return count

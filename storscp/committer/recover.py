@@ -29,9 +29,12 @@ def ready_names(depot_dir: Path) -> list[str]:
     return names
 
 
-def remove_orphaned_parts(depot_dir: Path, grace_s: float = PART_GRACE_S) -> list[str]:
-    """Delete part files that no receiver holds; return their names."""
-    removed: list[str] = []
+def remove_orphaned_parts(depot_dir: Path, grace_s: float = PART_GRACE_S) -> list[tuple[str, int]]:
+    """Delete part files that no receiver holds; return their (name, size).
+
+    Size 0 means a receiver's spare that never held data.
+    """
+    removed: list[tuple[str, int]] = []
     cutoff = time.time() - grace_s
     with os.scandir(depot_dir) as entries:
         parts = [e for e in entries if depotfiles.is_part(e.name)]
@@ -42,14 +45,15 @@ def remove_orphaned_parts(depot_dir: Path, grace_s: float = PART_GRACE_S) -> lis
         except FileNotFoundError:
             continue
         try:
-            if os.fstat(fd).st_mtime > cutoff:
+            st = os.fstat(fd)
+            if st.st_mtime > cutoff:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live receiver is still writing it
             os.unlink(path)
-            removed.append(entry.name)
+            removed.append((entry.name, st.st_size))
         except FileNotFoundError:
             continue
         finally:

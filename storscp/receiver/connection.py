@@ -25,6 +25,7 @@ from storscp import bus
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
 from storscp.receiver.dimse import Command, CommandError, CommandField
+from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import (
     PendingStore,
     StoreFailure,
@@ -38,16 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_BYTES = 256 * 1024
 MAX_COMMAND_BYTES = 64 * 1024
 # An A-ASSOCIATE-RQ with hundreds of contexts is ~30 KB; more is not a modality.
 MAX_ASSOCIATE_RQ_BYTES = 1024 * 1024
 # Some SCUs count the 6-byte PDU header in the maximum length they may send.
 PDU_LENGTH_SLACK = 6
-
-
-class PeerClosed(Exception):
-    """The peer closed the TCP connection."""
 
 
 class ProtocolError(Exception):
@@ -77,12 +73,10 @@ class Connection:
         self.outbox = receiver.outbox
         self.assoc: Negotiated | None = None
         self.stats = AssociationStats()
-        self._buffer = bytearray(READ_CHUNK_BYTES)
-        self._view = memoryview(self._buffer)
+        self.reader = SocketReader(sock)
         self._command = bytearray()
         self._pending: PendingStore | None = None
         self._expecting_dataset: Command | None = None
-        self._deadline = 0.0
         self._admitted = False
         self._stopping = False
 
@@ -137,8 +131,9 @@ class Connection:
 
     def _associate(self) -> bool:
         """Handle A-ASSOCIATE-RQ; True if accepted."""
-        self.sock.settimeout(self.config.acse_timeout_s)
-        header = self._recv_exact(6)
+        timeout = self.config.acse_timeout_s
+        self.reader.set_wait(timeout, time.monotonic() + timeout)
+        header = self.reader.read(6)
         pdu_type, length = pdu.HEADER.unpack(header)
         if pdu_type != pdu.PduType.ASSOCIATE_RQ:
             raise ProtocolError(
@@ -149,8 +144,7 @@ class Connection:
             raise ProtocolError(
                 f"A-ASSOCIATE-RQ of {length} bytes", pdu.AbortReason.INVALID_PDU_PARAMETER
             )
-        self._deadline = time.monotonic() + self.config.acse_timeout_s
-        body = self._recv_exact(length, deadline=True)
+        body = self.reader.read(length)
         try:
             assoc = self.receiver.negotiator.negotiate(header + body)
         except NegotiationError as exc:
@@ -185,19 +179,24 @@ class Connection:
 
     def _serve_established(self) -> tuple[str, str]:
         """Read PDUs until release or abort; returns (ending, reason)."""
+        reader = self.reader
         while True:
-            self.sock.settimeout(self.config.network_timeout_s)
-            header = self._recv_exact(6)
+            # Waiting for the next PDU: only silence is limited ...
+            reader.set_wait(self.config.network_timeout_s)
+            header = reader.read(6)
             pdu_type, length = pdu.HEADER.unpack(header)
-            self._deadline = time.monotonic() + self.config.dimse_timeout_s
+            # ... once it has started, it must arrive within dimse_timeout_s.
+            reader.set_wait(
+                self.config.network_timeout_s, time.monotonic() + self.config.dimse_timeout_s
+            )
             if pdu_type == pdu.PduType.P_DATA_TF:
                 self._read_p_data(length)
             elif pdu_type == pdu.PduType.RELEASE_RQ:
-                self._recv_exact(min(length, 4), deadline=True)
+                reader.read(min(length, 4))
                 self._send(pdu.release_rp())
                 return "released", ""
             elif pdu_type == pdu.PduType.ABORT:
-                self._recv_exact(min(length, 4), deadline=True)
+                reader.read(min(length, 4))
                 return "aborted", "peer sent A-ABORT"
             else:
                 raise ProtocolError(
@@ -218,9 +217,7 @@ class Connection:
         while remaining > 0:
             if remaining < 6:
                 raise ProtocolError("P-DATA-TF ends inside a PDV item header")
-            item_length, context_id, control = pdu.PDV_HEADER.unpack(
-                self._recv_exact(6, deadline=True)
-            )
+            item_length, context_id, control = pdu.PDV_HEADER.unpack(self.reader.read(6))
             remaining -= 6
             if item_length < 2 or item_length - 2 > remaining:
                 raise ProtocolError(
@@ -239,7 +236,7 @@ class Connection:
             raise ProtocolError("command fragment while a dataset was expected")
         if len(self._command) + length > MAX_COMMAND_BYTES:
             raise ProtocolError("command set larger than 64 KiB")
-        self._command += self._recv_exact(length, deadline=True)
+        self._command += self.reader.read(length)
         if last:
             data = bytes(self._command)
             self._command.clear()
@@ -256,11 +253,7 @@ class Connection:
         pending = self._pending
         if pending is None or pending.context_id != context_id:
             raise ProtocolError("dataset fragment on another presentation context")
-        left = length
-        while left > 0:
-            n = self._recv_into(min(left, READ_CHUNK_BYTES))
-            pending.take(self._view[:n])
-            left -= n
+        self.reader.stream(length, pending.take)
         if last:
             self._expecting_dataset = None
             self._pending = None
@@ -293,8 +286,7 @@ class Connection:
                 context.abstract_syntax,
                 context.transfer_syntax,
                 self.assoc.calling_ae,
-                self.receiver.depot_dir,
-                self.receiver.file_mode,
+                self.receiver.parts,
             )
         elif command.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing of ours is cancellable
@@ -353,41 +345,13 @@ class Connection:
 
     # -- socket I/O ---------------------------------------------------------------------
 
-    def _arm_deadline(self) -> None:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("PDU not received within dimse_timeout_s")
-        self.sock.settimeout(left)
-
-    def _recv_exact(self, n: int, deadline: bool = False) -> bytes:
-        chunks: list[bytes] = []
-        while n > 0:
-            if deadline:
-                self._arm_deadline()
-            data = self.sock.recv(min(n, READ_CHUNK_BYTES))
-            if not data:
-                raise PeerClosed()
-            chunks.append(data)
-            n -= len(data)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _recv_into(self, n: int) -> int:
-        self._arm_deadline()
-        got = self.sock.recv_into(self._view[:n], n)
-        if got == 0:
-            raise PeerClosed()
-        return got
-
     def _send(self, data: bytes) -> None:
-        self.sock.settimeout(self.config.network_timeout_s)
+        # The socket's timeout (network_timeout_s) bounds a peer that stops reading.
         self.sock.sendall(data)
 
     def _send_quietly(self, data: bytes) -> None:
-        try:
-            self.sock.settimeout(1.0)
+        with contextlib.suppress(OSError):
             self.sock.sendall(data)
-        except OSError:
-            pass
 
     # -- events -------------------------------------------------------------------------
 

@@ -12,81 +12,173 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import queue
+import struct
+import threading
 from pathlib import Path
-from typing import BinaryIO
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 
 from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, depotfiles
+
+log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 WRITE_BUFFER_BYTES = 256 * 1024
 
 
-
 def file_meta_bytes(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
 ) -> bytes:
-    """Encoded group 0002 (with its group length) for one instance."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Encoded group 0002 (with its group length) for one instance.
+
+    Encoded here rather than with pydicom's writer, which costs ~0.2 ms per
+    instance on the hot path; tests check both agree.
+    """
+    elements = [
+        _long(0x0001, b"OB", b"\x00\x01"),
+        _short(0x0002, b"UI", _pad(sop_class_uid, b"\x00")),
+        _short(0x0003, b"UI", _pad(sop_instance_uid, b"\x00")),
+        _short(0x0010, b"UI", _pad(transfer_syntax_uid, b"\x00")),
+        _short(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        _short(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+    ]
     if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buf = DicomBytesIO()
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+        elements.append(_short(0x0016, b"AE", _pad(source_ae[:16], b" ")))
+    body = b"".join(elements)
+    return _short(0x0000, b"UL", struct.pack("<L", len(body))) + body
+
+
+def _pad(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii", errors="replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _short(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH", 0x0002, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def _long(element: int, vr: bytes, value: bytes) -> bytes:
+    return (
+        struct.pack("<HH", 0x0002, element)
+        + vr
+        + b"\x00\x00"
+        + struct.pack("<L", len(value))
+        + value
+    )
+
+
+def create_locked_part(depot_dir: Path, file_mode: int) -> tuple[int, Path]:
+    """A new empty `*.part` file, exclusively flocked; returns (fd, path)."""
+    path = depot_dir / depotfiles.part_name(depotfiles.new_token())
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = os.open(path, flags, file_mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    return fd, path
+
+
+class PartPool:
+    """Empty part files created ahead of need by a background thread.
+
+    Creating a file in the depot waits for the filesystem journal, which
+    under fsync load from other writers takes most of a millisecond; taking
+    a ready-made one keeps that wait off the C-STORE's critical path. Spare
+    parts are locked like any other, and removed at close (or, after a
+    crash, by the committer's sweep).
+    """
+
+    def __init__(self, depot_dir: Path, file_mode: int, size: int = 4) -> None:
+        self.depot_dir = depot_dir
+        self.file_mode = file_mode
+        self._spares: queue.Queue[tuple[int, Path]] = queue.Queue(maxsize=size)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="part-pool", daemon=True)
+        self._thread.start()
+
+    def take(self) -> tuple[int, Path]:
+        """A locked empty part (fd, path); creates one now if none is spare."""
+        try:
+            return self._spares.get_nowait()
+        except queue.Empty:
+            return create_locked_part(self.depot_dir, self.file_mode)
+
+    def _fill(self) -> None:
+        while not self._closed.is_set():
+            try:
+                spare = create_locked_part(self.depot_dir, self.file_mode)
+            except OSError as exc:
+                # Full disk or no permission: take() will report it per C-STORE.
+                log.debug("cannot pre-create a part file: %s", exc)
+                self._closed.wait(1.0)
+                continue
+            while not self._closed.is_set():
+                try:
+                    self._spares.put(spare, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                _drop(spare)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2.0)
+        while True:
+            try:
+                _drop(self._spares.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _drop(spare: tuple[int, Path]) -> None:
+    os.close(spare[0])
+    _unlink_quietly(spare[1])
 
 
 class PartFile:
     """One instance being received into `<depot>/<token>.part`."""
 
-    def __init__(self, depot_dir: Path, meta: bytes, file_mode: int = 0o640) -> None:
-        self.path = depot_dir / depotfiles.part_name(depotfiles.new_token())
+    def __init__(self, fd: int, path: Path, meta: bytes) -> None:
+        self.path = path
+        self._fd = fd
         self.dataset_offset = len(PREAMBLE) + len(meta)
         self.dataset_bytes = 0
         self.error: OSError | None = None
-        self._closed = False
         self._ready = False
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._fh: BinaryIO = open(  # noqa: SIM115 - lives as long as the part
-                fd, "wb", buffering=WRITE_BUFFER_BYTES, closefd=True
-            )
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(self.path)
-            raise
-        self._write(PREAMBLE)
-        self._write(meta)
+        # Preamble and meta wait in the buffer: a small instance is one write().
+        self._pending = bytearray(PREAMBLE)
+        self._pending += meta
 
     def write(self, data: bytes | memoryview) -> None:
         """Append dataset bytes; after a write error the rest is discarded."""
+        if self.error is not None:
+            return
+        self.dataset_bytes += len(data)
+        if len(self._pending) + len(data) <= WRITE_BUFFER_BYTES:
+            self._pending += data
+            return
+        self.flush()
         if self.error is None:
-            self._write(data)
-            self.dataset_bytes += len(data)
-
-    def _write(self, data: bytes | memoryview) -> None:
-        try:
-            self._fh.write(data)
-        except OSError as exc:
-            self.error = exc
+            self._write_all(data)
 
     def flush(self) -> None:
-        """Push buffered bytes to the file so it can be read back."""
-        if self.error is None:
-            try:
-                self._fh.flush()
-            except OSError as exc:
-                self.error = exc
+        """Write what is buffered, so the file can be read back."""
+        if self._pending and self.error is None:
+            self._write_all(self._pending)
+            self._pending.clear()
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.error = exc
 
     def make_ready(self, uid: str, depot_dir_fd: int) -> str:
         """fsync, rename to the ready name, fsync the depot; return the ready name.
@@ -94,10 +186,10 @@ class PartFile:
         Raises the first OSError seen while receiving or here; the caller then
         calls `discard()`.
         """
+        self.flush()
         if self.error is not None:
             raise self.error
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        os.fsync(self._fd)
         name = depotfiles.ready_name(uid)
         ready = self.path.with_name(name)
         os.rename(self.path, ready)
@@ -109,13 +201,9 @@ class PartFile:
 
     def close(self) -> None:
         """Close the file (releasing the flock); idempotent."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._fh.close()
-            except OSError as exc:
-                # A late ENOSPC on flush: keep the first error.
-                self.error = self.error or exc
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
     def discard(self) -> None:
         """Drop the file: a failed or aborted store leaves nothing behind.
@@ -123,9 +211,8 @@ class PartFile:
         A no-op once the file is ready: from then on it belongs to the committer.
         """
         self.close()
-        if self._ready:
-            return
-        _unlink_quietly(self.path)
+        if not self._ready:
+            _unlink_quietly(self.path)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -21,6 +21,7 @@ from storscp.outbox import Outbox
 from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.connection import Connection
+from storscp.receiver.depot import PartPool
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Receiver:
         self.outbox = outbox
         self.depot_dir = config.depot_dir
         self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.file_mode = FILE_MODE
+        self.parts = PartPool(self.depot_dir, FILE_MODE)
         self.negotiator = Negotiator(config.max_pdu_bytes)
         self._lock = threading.Lock()
         self._associations = 0
@@ -142,6 +143,7 @@ class Receiver:
         while self._live() and time.monotonic() < end:
             time.sleep(0.02)
         if not self._live():
+            self.parts.close()
             os.close(self.depot_dir_fd)
         return len(left)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 from enum import IntEnum
-from pathlib import Path
 
 from storscp import bus
 from storscp.receiver import sopuids
-from storscp.receiver.depot import PartFile, file_meta_bytes
+from storscp.receiver.depot import PartFile, PartPool, file_meta_bytes
 from storscp.receiver.dimse import Command
 from storscp.uids import UIDError, check_uid, strip_padding
 
@@ -95,8 +94,7 @@ def open_store(
     abstract_syntax: str,
     transfer_syntax: str,
     calling_ae: str,
-    depot_dir: Path,
-    file_mode: int,
+    parts: PartPool,
 ) -> PendingStore:
     """Decide where the dataset of a C-STORE-RQ goes, before it arrives."""
     sink: PartFile | Discard
@@ -116,7 +114,8 @@ def open_store(
         else:
             try:
                 meta = file_meta_bytes(class_uid, uid, transfer_syntax, calling_ae)
-                sink = PartFile(depot_dir, meta, file_mode)
+                fd, path = parts.take()
+                sink = PartFile(fd, path, meta)
             except OSError as exc:
                 sink = Discard(
                     StoreFailure(status_for_os_error(exc), f"cannot create depot file: {exc}")

@@ -174,7 +174,22 @@ class Service:
         poll_for(all_there, timeout_s, f"{len(missing)} stored files")
 
     def depot_entries(self) -> list[str]:
-        return sorted(os.listdir(self.depot_dir)) if self.depot_dir.exists() else []
+        """Depot files holding instance data: ready files and non-empty parts.
+
+        Receivers keep a few empty `*.part` files created in advance (they
+        are removed at stop); those hold nothing and are not listed.
+        """
+        if not self.depot_dir.exists():
+            return []
+        held = []
+        for entry in os.scandir(self.depot_dir):
+            try:
+                if entry.name.endswith(".part") and entry.stat().st_size == 0:
+                    continue
+            except FileNotFoundError:
+                continue
+            held.append(entry.name)
+        return sorted(held)
 
     # -- supervision --------------------------------------------------------
 
@@ -186,8 +201,12 @@ class Service:
             timeout=60,
         )
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """SIGTERM supervisord; then make sure nothing we started survives."""
+    def stop(self, timeout_s: float = 60.0, clean_depot: bool = True) -> None:
+        """SIGTERM supervisord; then make sure nothing we started survives.
+
+        After a stop no instance data may be left in the depot: everything
+        acknowledged was committed.
+        """
         proc = self.proc
         if proc is None:
             return
@@ -208,6 +227,9 @@ class Service:
             os.kill(pid, signal.SIGKILL)
         self.proc = None
         assert not leftover, f"components still alive after stop: {leftover}"
+        if clean_depot:
+            remaining = self.depot_entries()
+            assert not remaining, f"instance data left in the depot after stop: {remaining}"
 
     def live_components(self) -> list[int]:
         """Component pids of this service (by their config path) still running."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -179,3 +180,15 @@ def test_four_storescu_in_parallel(service: Service, short_tmp: Path) -> None:
             short_tmp / f"par{i}.dcm"
         )
     poll_for(lambda: service.depot_entries() == [], 10, "an empty depot")
+
+
+def test_graceful_stop_leaves_an_empty_depot(
+    service_factory: type[Service], short_tmp: Path
+) -> None:
+    svc = service_factory().start()
+    path = short_tmp / "one.dcm"
+    uid = df.make_image(path, df.CT, seed=4242)
+    assert storescu(svc.port, [path]).returncode == 0
+    svc.stop()
+    assert svc.stored_path(uid).is_file()
+    assert os.listdir(svc.depot_dir) == []

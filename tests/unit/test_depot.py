@@ -14,7 +14,7 @@ from storscp import bus, depotfiles
 from storscp.committer.commit import QUARANTINE_SUFFIX, Committer
 from storscp.committer.recover import ready_names, remove_orphaned_parts
 from storscp.config import load
-from storscp.receiver.depot import PartFile, file_meta_bytes
+from storscp.receiver.depot import PartFile, PartPool, create_locked_part, file_meta_bytes
 from storscp.receiver.sopuids import from_file as read_sop_uids
 from support import dicomfiles as df
 
@@ -33,7 +33,7 @@ def receive(depot: Path, source: Path, uid: str, chunk: int = 1000) -> tuple[Par
     """Stream a source file's dataset into a part file, as the DUL thread would."""
     data = df.dataset_bytes(source)
     meta = file_meta_bytes(df.CT, uid, "1.2.840.10008.1.2.1", "SCU")
-    part = PartFile(depot, meta)
+    part = PartFile(*create_locked_part(depot, 0o640), meta)
     for i in range(0, len(data), chunk):
         part.write(memoryview(data)[i : i + chunk])
     part.flush()
@@ -62,7 +62,9 @@ def test_part_is_locked_and_becomes_a_durable_ready_file(tmp_path: Path) -> None
 
 
 def test_discard_removes_the_part(tmp_path: Path) -> None:
-    part = PartFile(tmp_path, file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", ""))
+    part = PartFile(
+        *create_locked_part(tmp_path, 0o640), file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", "")
+    )
     part.write(b"abc")
     part.discard()
     assert os.listdir(tmp_path) == []
@@ -153,13 +155,52 @@ def test_bad_ready_name_is_quarantined_not_lost(committer: Committer) -> None:
 
 
 def test_orphaned_part_is_removed_only_when_unlocked_and_old(tmp_path: Path) -> None:
-    held = PartFile(tmp_path, file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", ""))
+    held = PartFile(
+        *create_locked_part(tmp_path, 0o640), file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", "")
+    )
     orphan = tmp_path / depotfiles.part_name(depotfiles.new_token())
     orphan.write_bytes(b"partial")
     young = tmp_path / depotfiles.part_name(depotfiles.new_token())
     young.write_bytes(b"partial")
     for p in (held.path, orphan):
         os.utime(p, (1, 1))
-    assert remove_orphaned_parts(tmp_path, grace_s=5) == [orphan.name]
+    assert remove_orphaned_parts(tmp_path, grace_s=5) == [(orphan.name, 7)]
     assert held.path.exists() and young.exists()
     held.discard()
+
+
+def test_file_meta_matches_pydicoms_encoding(tmp_path: Path) -> None:
+    """Our hand-encoded group 0002 reads back as pydicom writes it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.filewriter import write_file_meta_info
+
+    from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from storscp.receiver.depot import PREAMBLE
+
+    ours = file_meta_bytes(df.CT, "1.2.3", "1.2.840.10008.1.2.4.50", "MODALITY 1")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = df.CT
+    meta.MediaStorageSOPInstanceUID = "1.2.3"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = "MODALITY 1"
+    theirs = DicomBytesIO()
+    write_file_meta_info(theirs, meta, enforce_standard=True)
+    assert ours == theirs.getvalue()
+    path = tmp_path / "meta.dcm"
+    path.write_bytes(PREAMBLE + ours)
+    assert read_file_meta_info(path).MediaStorageSOPInstanceUID == "1.2.3"
+
+
+def test_part_pool_hands_out_locked_parts_and_cleans_up(tmp_path: Path) -> None:
+    pool = PartPool(tmp_path, 0o640, size=2)
+    fd, path = pool.take()
+    with open(path, "rb") as fh, pytest.raises(BlockingIOError):
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    os.unlink(path)
+    pool.close()
+    assert os.listdir(tmp_path) == []
