@@ -10,6 +10,7 @@ This module imports nothing from the process packages.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ class Config:
     run_dir: Path = Path("run")
     # Largest P-DATA PDU we announce; big PDUs mean fewer reads per instance.
     max_pdu_bytes: int = 4 * 1024 * 1024
+    # Receiver processes sharing the port (SO_REUSEPORT); 0: one per CPU core.
+    receivers: int = 0
     # Associations served at once; the next one is rejected "local limit exceeded".
     max_associations: int = 32
     # Seconds to wait for an A-ASSOCIATE-RQ (and release) after connecting.
@@ -66,6 +69,11 @@ class Config:
     def depot_dir(self) -> Path:
         """Staging area inside the storage directory (same filesystem)."""
         return self.storage_dir / "depot"
+
+    @property
+    def receiver_count(self) -> int:
+        """How many receiver processes run: `receivers`, or one per CPU core."""
+        return self.receivers or max(1, os.cpu_count() or 1)
 
     @property
     def effective_path(self) -> Path:
@@ -91,7 +99,8 @@ KEYS: dict[str, tuple[type, str]] = {
     "log_max_bytes": (int, "alternation threshold of the two log files"),
     "run_dir": (Path, "sockets, generated supervisord.conf, pid file"),
     "max_pdu_bytes": (int, "largest PDU we accept from a peer"),
-    "max_associations": (int, "associations served at once"),
+    "receivers": (int, "receiver processes sharing the port (0: one per core)"),
+    "max_associations": (int, "associations served at once (per receiver)"),
     "acse_timeout_s": (float, "wait for the association request"),
     "network_timeout_s": (float, "silence allowed between PDUs"),
     "dimse_timeout_s": (float, "time to receive one PDU"),
@@ -223,6 +232,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{src}: key 'max_pdu_bytes' must be 16384-67108864, got {config.max_pdu_bytes}"
         )
+    if not 0 <= config.receivers <= 64:
+        raise ConfigError(f"{src}: key 'receivers' must be 0-64, got {config.receivers}")
     if not 1 <= config.max_associations <= 10000:
         raise ConfigError(
             f"{src}: key 'max_associations' must be 1-10000, got {config.max_associations}"

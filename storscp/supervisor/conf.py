@@ -36,11 +36,18 @@ def pidfile_path(config: Config) -> Path:
     return config.run_dir / PIDFILE_NAME
 
 
-def _program(name: str, config: Config, *, priority: int, stopwaitsecs: int) -> str:
+def _program(
+    name: str, config: Config, *, priority: int, stopwaitsecs: int, numprocs: int = 1
+) -> str:
     run = config.run_dir
+    # Several processes of one program need distinct names: receiver:receiver_0, ...
+    process_name = "%(program_name)s" if numprocs == 1 else "%(program_name)s_%(process_num)d"
+    log_name = name if numprocs == 1 else f"{name}_%(process_num)d"
     return f"""
 [program:{name}]
 command={sys.executable} -m storscp.{name} -c {config.effective_path}
+process_name={process_name}
+numprocs={numprocs}
 priority={priority}
 autostart=true
 autorestart=true
@@ -51,7 +58,7 @@ stopwaitsecs={stopwaitsecs}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
-stdout_logfile={run}/{name}.out.log
+stdout_logfile={run}/{log_name}.out.log
 stdout_logfile_maxbytes=10MB
 stdout_logfile_backups=5
 environment=PYTHONUNBUFFERED="1"
@@ -99,5 +106,7 @@ environment=PYTHONUNBUFFERED="1"
 """
     text += _program("logger", config, priority=10, stopwaitsecs=10)
     text += _program("committer", config, priority=20, stopwaitsecs=30)
-    text += _program("receiver", config, priority=30, stopwaitsecs=drain + 10)
+    text += _program(
+        "receiver", config, priority=30, stopwaitsecs=drain + 10, numprocs=config.receiver_count
+    )
     return text
