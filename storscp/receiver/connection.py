@@ -33,6 +33,7 @@ from storscp.receiver.store import (
     finish_store,
     open_store,
 )
+from storscp.uids import strip_padding
 
 if TYPE_CHECKING:
     from storscp.receiver.server import Receiver
@@ -324,8 +325,8 @@ class Connection:
             status=f"0x{status:04X}",
             status_name=status.name,
             reason=reason,
-            sop_instance_uid=command.affected_sop_instance_uid,
-            sop_class_uid=command.affected_sop_class_uid,
+            sop_instance_uid=strip_padding(command.affected_sop_instance_uid),
+            sop_class_uid=strip_padding(command.affected_sop_class_uid),
             calling_ae=self.assoc.calling_ae,
             peer=self.peer,
         )
@@ -336,8 +337,8 @@ class Connection:
     ) -> None:
         response = dimse.store_response(
             command.message_id,
-            command.affected_sop_class_uid.rstrip("\x00 "),
-            command.affected_sop_instance_uid.rstrip("\x00 "),
+            strip_padding(command.affected_sop_class_uid),
+            strip_padding(command.affected_sop_instance_uid),
             int(status),
             comment,
         )

@@ -1,0 +1,206 @@
+"""Hostile input over real sockets: refused clearly, logged, and the service keeps serving."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import dicomfiles as df
+from support.rawscu import (
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    VERIFICATION,
+    RawAssociation,
+    minimal_dataset,
+    p_data,
+    store_rq,
+)
+from support.service import Service, poll_for, short_tempdir
+
+CT = df.CT.encode()
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def receiver_pids(svc: Service) -> set[int]:
+    return {int(e["pid"]) for e in svc.events("START", proc="receiver")}
+
+
+def assert_still_serving(svc: Service, pids_before: set[int]) -> None:
+    """A fresh association still stores an instance, served by the same processes."""
+    uid = df.uid_for(f"after-{len(svc.events('WRITE'))}-{os.getpid()}")
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        rsp = assoc.c_store(cid, CT, uid.encode(), minimal_dataset(CT, uid.encode()))
+        assert rsp.status == 0x0000, rsp
+        assoc.release()
+    svc.wait_stored([uid])
+    assert receiver_pids(svc) == pids_before, "a receiver restarted"
+
+
+@pytest.fixture(scope="module")
+def svc() -> Iterator[Service]:
+    """One service for the whole module: every attack below hits the same processes."""
+    # storage/../../x would land in `outer`, which only this test uses.
+    outer = short_tempdir("hostile")
+    (outer / "s").mkdir()
+    # One receiver so that "the same process" is meaningful.
+    service = Service(outer / "s", receivers=1).start()
+    yield service
+    service.stop()
+    shutil.rmtree(outer, ignore_errors=True)
+
+
+BAD_UIDS = [
+    b"../../x",
+    b"1.2/../3",
+    b"/etc/passwd",
+    b"1.2.3\x004",
+    b"1." + b"2" * 63,
+    b"1..2",
+    b".1.2",
+    b"1.2.",
+    b"1.02.3",
+    b"",
+    b"1.2.3\\4",
+    b"1.2.3 x",
+]
+
+
+@pytest.mark.parametrize("bad_uid", BAD_UIDS, ids=[repr(u) for u in BAD_UIDS])
+def test_invalid_sop_instance_uid_is_refused_and_nothing_written(
+    svc: Service, bad_uid: bytes
+) -> None:
+    before = all_files(svc.root.parent)
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE]), (VERIFICATION, [IMPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        rsp = assoc.c_store(cid, CT, bad_uid, minimal_dataset(CT, bad_uid))
+        # Then: a failure status in the "cannot understand" range, with a reason.
+        assert 0xC000 <= rsp.status <= 0xCFFF, hex(rsp.status)
+        assert "UID" in rsp.comment
+        # And the association is still usable.
+        assert assoc.c_echo() == 0
+        assoc.release()
+    shown = bad_uid.decode("ascii", "replace")
+    svc.wait_event("ERROR", what="C-STORE failed", status="0xC001", sop_instance_uid=shown)
+    assert svc.depot_entries() == []
+    after = all_files(svc.root.parent) - before
+    written = {f for f in after if "/storage/" in f and "/depot/" not in f}
+    assert not written, written
+    assert not (svc.root.parent / "x").exists() and not (svc.root / "x").exists()
+    assert_still_serving(svc, pids)
+
+
+def test_dataset_uid_differing_from_request_is_a900(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        rsp = assoc.c_store(cid, CT, b"1.2.3.4", minimal_dataset(CT, b"1.2.3.5"))
+        assert rsp.status == 0xA900
+        rsp = assoc.c_store(
+            cid, CT, b"1.2.3.4", minimal_dataset(b"1.2.840.10008.5.1.4.1.1.4", b"1.2.3.4")
+        )
+        assert rsp.status == 0xA900
+        assoc.release()
+    svc.wait_event("ERROR", what="C-STORE failed", status="0xA900", count=2)
+    assert not svc.stored_path("1.2.3.4").exists()
+    assert_still_serving(svc, pids)
+
+
+def test_pdu_announcing_4gb_is_aborted_without_allocating(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        assoc.send(struct.pack(">BxL", 0x04, 0xFFFFFFFF) + b"\x00" * 100)
+        assert assoc.closed_by_peer()
+    svc.wait_event("ERROR", what="protocol error")
+    assert_still_serving(svc, pids)
+
+
+def test_associate_rq_announcing_4gb_is_aborted(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.send(struct.pack(">BxL", 0x01, 0xFFFFFFFF) + b"\x00" * 100)
+        assert assoc.closed_by_peer()
+    assert_still_serving(svc, pids)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x09\x00\x00\x00\x00\x04abcd",
+        b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x02\x01\x03",
+        b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16,
+        b"\x00",
+    ],
+)
+def test_garbage_before_association_is_dropped(svc: Service, garbage: bytes) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.send(garbage)
+        assoc.sock.shutdown(socket.SHUT_WR)
+        assert assoc.closed_by_peer()
+    assert_still_serving(svc, pids)
+
+
+def test_pdv_item_length_overflowing_its_pdu_is_aborted(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        command = store_rq(1, CT, b"1.2.3")
+        good = p_data(cid, 0x03, command)
+        # Item length says 1000 bytes more than the PDU holds.
+        bad = good[:6] + struct.pack(">L", len(command) + 2 + 1000) + good[10:]
+        assoc.send(bad)
+        assert assoc.closed_by_peer()
+    svc.wait_event("ERROR", what="protocol error")
+    assert_still_serving(svc, pids)
+
+
+def test_message_on_unaccepted_context_is_aborted(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        assoc.send(p_data(99, 0x03, store_rq(1, CT, b"1.2.3")))
+        assert assoc.closed_by_peer()
+    assert_still_serving(svc, pids)
+
+
+def test_dataset_before_command_is_aborted(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        assoc.send(p_data(cid, 0x02, minimal_dataset(CT, b"1.2.3")))
+        assert assoc.closed_by_peer()
+    assert_still_serving(svc, pids)
+
+
+def test_abort_mid_dataset_leaves_no_partial_file(svc: Service) -> None:
+    pids = receiver_pids(svc)
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        assoc.send(p_data(cid, 0x03, store_rq(1, CT, b"1.2.3.77")))
+        # More than the receiver buffers, so part of it is on disk.
+        assoc.send(p_data(cid, 0x00, minimal_dataset(CT, b"1.2.3.77", b"x" * 600_000)))
+        poll_for(lambda: svc.depot_entries(), 10, "the partial file to exist")
+        assoc.send(struct.pack(">BxL", 0x07, 4) + b"\x00\x00\x00\x00")
+    poll_for(lambda: svc.depot_entries() == [], 10, "the partial file to go")
+    assert not svc.stored_path("1.2.3.77").exists()
+    svc.wait_event("ASSOCIATION", state="aborted")
+    assert_still_serving(svc, pids)
