@@ -86,7 +86,7 @@ def prepare(config: Config) -> Config:
     _prepare_storage(config)
     for key, path in (("log_dir", config.log_dir), ("run_dir", config.run_dir)):
         try:
-            path.mkdir(mode=0o750, parents=True, exist_ok=True)
+            path.mkdir(mode=int(config.dir_mode), parents=True, exist_ok=True)
         except OSError as exc:
             raise CommandError(
                 ExitCode.CANTCREAT, f"{key} {path} cannot be created: {exc.strerror}"
@@ -112,7 +112,7 @@ def _prepare_storage(config: Config) -> None:
                 f"An existing Storage SCP directory must be specified: {storage}"
                 + (" is not a directory" if storage.exists() else " does not exist"),
             )
-        storage.mkdir(mode=0o750, parents=True)  # the default ./storage, first run
+        storage.mkdir(mode=int(config.dir_mode), parents=True)  # the default ./storage, first run
     if not os.access(storage, os.W_OK | os.X_OK):
         raise CommandError(
             ExitCode.CANTCREAT,
@@ -120,7 +120,7 @@ def _prepare_storage(config: Config) -> None:
             f" is not writable by uid {os.geteuid()}",
         )
     try:
-        config.depot_dir.mkdir(mode=0o750, exist_ok=True)
+        config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
     except OSError as exc:
         raise CommandError(
             ExitCode.CANTCREAT, f"depot {config.depot_dir} cannot be created: {exc.strerror}"

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,35 @@ class ConfigError(Exception):
     """A configuration value is missing, malformed or unusable."""
 
 
+class Octal(int):
+    """A permission mode; written and read as an octal string such as "0640"."""
+
+
+DEFAULT_FILE_MODE = Octal(0o640)
+DEFAULT_DIR_MODE = Octal(0o750)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """A `[[remote_ae]]` table: a peer allowed when `accept_any` is false."""
+
+    name: str
+    ae_title: str
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The `[tls]` table: a second, TLS-only listening port."""
+
+    port: int
+    certificate: Path
+    private_key: Path
+    ca_file: Path | None = None
+    min_version: str = "1.2"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The effective configuration; paths are absolute once loaded."""
@@ -50,7 +79,11 @@ class Config:
     max_pdu_bytes: int = 4 * 1024 * 1024
     # Receiver processes sharing the port (SO_REUSEPORT); 0: one per CPU core.
     receivers: int = 0
-    # Associations served at once; the next one is rejected "local limit exceeded".
+    # Reject an association whose Called AE Title is not ours.
+    require_called_aet: bool = True
+    # Accept any calling AE title; when false only those in [[remote_ae]].
+    accept_any: bool = True
+    # Associations served at once (all receivers); the next is "local limit exceeded".
     max_associations: int = 32
     # Seconds to wait for an A-ASSOCIATE-RQ (and release) after connecting.
     acse_timeout_s: float = 30.0
@@ -58,10 +91,19 @@ class Config:
     network_timeout_s: float = 60.0
     # Seconds to receive one PDU once it has started: drops slow-drip peers.
     dimse_timeout_s: float = 60.0
+    # Refuse instances larger than this (0: no limit).
+    max_instance_bytes: int = 0
+    # Refuse stores (0xA700) while the storage filesystem has less free space.
+    min_free_bytes: int = 16 * 1024 * 1024
+    # Modes of stored files and of directories we create: patient data.
+    file_mode: Octal = DEFAULT_FILE_MODE
+    dir_mode: Octal = DEFAULT_DIR_MODE
     # How often the committer sweeps the depot for files the bus missed.
     depot_scan_interval_s: float = 2.0
     # A receiver lets associations in flight finish for this long on SIGTERM.
     drain_timeout_s: float = 20.0
+    remote_ae: tuple[RemoteAE, ...] = ()
+    tls: TlsConfig | None = None
     _source: str = field(default="defaults", compare=False, repr=False)
     _explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -100,10 +142,16 @@ KEYS: dict[str, tuple[type, str]] = {
     "run_dir": (Path, "sockets, generated supervisord.conf, pid file"),
     "max_pdu_bytes": (int, "largest PDU we accept from a peer"),
     "receivers": (int, "receiver processes sharing the port (0: one per core)"),
-    "max_associations": (int, "associations served at once (per receiver)"),
+    "require_called_aet": (bool, "reject a called AE title that is not ours"),
+    "accept_any": (bool, "accept any calling AE title (else only [[remote_ae]])"),
+    "max_associations": (int, "associations served at once"),
     "acse_timeout_s": (float, "wait for the association request"),
     "network_timeout_s": (float, "silence allowed between PDUs"),
     "dimse_timeout_s": (float, "time to receive one PDU"),
+    "max_instance_bytes": (int, "refuse larger instances (0: no limit)"),
+    "min_free_bytes": (int, "refuse stores below this free space"),
+    "file_mode": (Octal, "mode of stored files, octal"),
+    "dir_mode": (Octal, "mode of directories we create, octal"),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
 }
@@ -114,7 +162,21 @@ def as_dict(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in KEYS:
         value = getattr(config, key)
-        out[key] = str(value) if isinstance(value, Path) else value
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, Octal):
+            value = f"{value:04o}"
+        out[key] = value
+    if config.remote_ae:
+        out["remote_ae"] = [
+            {k: v for k, v in asdict(ae).items() if v is not None} for ae in config.remote_ae
+        ]
+    if config.tls is not None:
+        out["tls"] = {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in asdict(config.tls).items()
+            if v is not None
+        }
     return out
 
 
@@ -145,7 +207,7 @@ def load(
             raw[key] = value
             source = source if path is not None else "command line"
 
-    unknown = sorted(set(raw) - set(KEYS))
+    unknown = sorted(set(raw) - set(KEYS) - TABLES)
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
 
@@ -153,6 +215,10 @@ def load(
     for key, (kind, _help) in KEYS.items():
         if key in raw:
             values[key] = _coerce(source, key, raw[key], kind)
+    if "remote_ae" in raw:
+        values["remote_ae"] = _remote_aes(source, raw["remote_ae"])
+    if "tls" in raw:
+        values["tls"] = _tls(source, raw["tls"])
     config = replace(Config(), **values, _source=source, _explicit=frozenset(values))
     config = _absolutise(config, base_dir or Path.cwd())
     validate(config)
@@ -164,7 +230,20 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
         raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
+    if kind is Octal:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
+            return Octal(value)  # TOML's own octal integers: file_mode = 0o640
+        text = str(value).strip() if isinstance(value, str) else None
+        if text and re.fullmatch(r"0?o?[0-7]{3,4}", text):
+            mode = int(text.replace("o", ""), 8)
+            if mode <= 0o7777:
+                return Octal(mode)
+        raise ConfigError(
+            f'{source}: key {key!r} must be an octal mode string such as "0640", got {value!r}'
+        )
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
@@ -191,15 +270,82 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"{source}: key {key!r} must be a string, got {value!r}")
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+TABLES = {"remote_ae", "tls"}
+TLS_VERSIONS = ("1.2", "1.3")
+
+
+def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{source}: [[remote_ae]] must be a list of tables")
+    out = []
+    for i, table in enumerate(value):
+        where = f"{source}: [[remote_ae]] #{i + 1}"
+        extra = set(table) - {"name", "ae_title", "host", "port"}
+        if extra:
+            raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        for key in ("name", "ae_title"):
+            if not isinstance(table.get(key), str) or not table[key].strip():
+                raise ConfigError(f"{where}: key {key!r} is required (a string)")
+        host = table.get("host")
+        if host is not None and (not isinstance(host, str) or not _is_host(host)):
+            raise ConfigError(f"{where}: key 'host' must be an IP address or host name")
+        port = table.get("port")
+        if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+            raise ConfigError(f"{where}: key 'port' must be 1-65535")
+        if not _AE_TITLE_RE.match(table["ae_title"]) or "\\" in table["ae_title"]:
+            raise ConfigError(f"{where}: key 'ae_title' must be 1-16 printable ASCII characters")
+        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port))
+    return tuple(out)
+
+
+def _tls(source: str, value: Any) -> TlsConfig:
+    where = f"{source}: [tls]"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    extra = set(value) - {"port", "certificate", "private_key", "ca_file", "min_version"}
+    if extra:
+        raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
+    port = value.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: key 'port' must be 0-65535")
+    paths: dict[str, Path | None] = {}
+    for key in ("certificate", "private_key", "ca_file"):
+        item = value.get(key)
+        if item is None:
+            if key != "ca_file":
+                raise ConfigError(f"{where}: key {key!r} is required (a file path)")
+            paths[key] = None
+            continue
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where}: key {key!r} must be a file path")
+        paths[key] = Path(item)
+    version = str(value.get("min_version", "1.2"))
+    if version not in TLS_VERSIONS:
+        raise ConfigError(f"{where}: key 'min_version' must be one of {', '.join(TLS_VERSIONS)}")
+    certificate, private_key = paths["certificate"], paths["private_key"]
+    assert certificate is not None and private_key is not None
+    return TlsConfig(port, certificate, private_key, paths["ca_file"], version)
+
+
 def _absolutise(config: Config, base_dir: Path) -> Config:
     def absolute(p: Path) -> Path:
         return p if p.is_absolute() else (base_dir / p)
 
+    tls = config.tls
+    if tls is not None:
+        tls = replace(
+            tls,
+            certificate=absolute(tls.certificate),
+            private_key=absolute(tls.private_key),
+            ca_file=absolute(tls.ca_file) if tls.ca_file else None,
+        )
     return replace(
         config,
         storage_dir=absolute(config.storage_dir),
         log_dir=absolute(config.log_dir),
         run_dir=absolute(config.run_dir),
+        tls=tls,
     )
 
 
@@ -251,12 +397,32 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{src}: key 'drain_timeout_s' must be 0-3600, got {config.drain_timeout_s}"
         )
+    for key in ("max_instance_bytes", "min_free_bytes"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{src}: key {key!r} must be 0 or more")
+    if not config.accept_any and not config.remote_ae:
+        raise ConfigError(
+            f"{src}: accept_any is false but no [[remote_ae]] is listed: nobody could connect"
+        )
+    if config.tls is not None:
+        _validate_tls(src, config)
     longest = config.run_dir / "committer.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
         raise ConfigError(
             f"{src}: key 'run_dir' is too long for a Unix socket path"
             f" ({len(str(longest).encode())} > {MAX_IPC_PATH_BYTES} bytes): {config.run_dir}"
         )
+
+
+def _validate_tls(src: str, config: Config) -> None:
+    tls = config.tls
+    assert tls is not None
+    if tls.port != 0 and tls.port == config.port:
+        raise ConfigError(f"{src}: [tls] port {tls.port} is the same as the plain 'port'")
+    for key in ("certificate", "private_key", "ca_file"):
+        path = getattr(tls, key)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
 
 
 def _is_host(host: str) -> bool:

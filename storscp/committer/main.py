@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         die_with_parent()
         if not config.depot_dir.is_dir():
-            config.depot_dir.mkdir(mode=0o750, exist_ok=True)
+            config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
     except OSError as exc:

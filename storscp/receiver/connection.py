@@ -78,7 +78,7 @@ class Connection:
         self._command = bytearray()
         self._pending: PendingStore | None = None
         self._expecting_dataset: Command | None = None
-        self._admitted = False
+        self._slot: int | None = None
         self._stopping = False
 
     # -- life cycle ---------------------------------------------------------
@@ -113,8 +113,8 @@ class Connection:
                 self._pending.discard()
                 self._pending = None
             self._close()
-            if self._admitted:
-                self.receiver.association_ended()
+            if self._slot is not None:
+                self.receiver.association_ended(self._slot)
                 self._association_event(ending, reason=reason, **self._stats_fields())
 
     def abort(self) -> None:
@@ -161,7 +161,6 @@ class Connection:
             self._send(pdu.associate_rj(reject))
             self._association_event("rejected", reason=reject.text)
             return False
-        self._admitted = True
         self._send(assoc.ac_pdu)
         self._association_event(
             "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
@@ -173,8 +172,9 @@ class Connection:
             return pdu.REJECT_PROTOCOL_VERSION
         if assoc.application_context != APPLICATION_CONTEXT_NAME:
             return pdu.REJECT_APPLICATION_CONTEXT
-        # Last: admission counts us as an association when it lets us in.
-        return self.receiver.admit(assoc, self.peer_host)
+        # Last: admission holds a slot for us when it lets us in.
+        reject, self._slot = self.receiver.admit(assoc, self.peer_host)
+        return reject
 
     # -- established ----------------------------------------------------------------
 
@@ -288,6 +288,7 @@ class Connection:
                 context.transfer_syntax,
                 self.assoc.calling_ae,
                 self.receiver.parts,
+                self.receiver.limits,
             )
         elif command.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing of ours is cancellable

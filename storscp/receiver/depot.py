@@ -75,6 +75,7 @@ def create_locked_part(depot_dir: Path, file_mode: int) -> tuple[int, Path]:
     fd = os.open(path, flags, file_mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.fchmod(fd, file_mode)  # exactly the configured mode, whatever the umask
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)

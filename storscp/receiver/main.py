@@ -29,7 +29,7 @@ def check_depot(config: Config) -> None:
             " does not exist or is not a directory",
         )
     try:
-        config.depot_dir.mkdir(mode=0o750, exist_ok=True)
+        config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
     except OSError as exc:
         raise StartupFailure(
             ExitCode.CANTCREAT, f"cannot create depot {config.depot_dir}: {exc.strerror}"

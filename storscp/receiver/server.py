@@ -20,15 +20,17 @@ from storscp.config import Config
 from storscp.outbox import Outbox
 from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
+from storscp.receiver.admission import admission_check, resolve_remote_hosts
 from storscp.receiver.connection import Connection
 from storscp.receiver.depot import PartPool
+from storscp.receiver.slots import AssociationSlots
+from storscp.receiver.store import StoreLimits
 
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 128
 # Connections still negotiating count against this extra allowance.
 PENDING_CONNECTIONS = 16
-FILE_MODE = 0o640
 
 
 class Receiver:
@@ -39,10 +41,12 @@ class Receiver:
         self.outbox = outbox
         self.depot_dir = config.depot_dir
         self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.parts = PartPool(self.depot_dir, FILE_MODE)
+        self.parts = PartPool(self.depot_dir, int(config.file_mode))
         self.negotiator = Negotiator(config.max_pdu_bytes)
+        self.limits = StoreLimits(config.max_instance_bytes, config.min_free_bytes)
+        self.slots = AssociationSlots(config.run_dir, config.max_associations)
+        self.allowed_hosts = resolve_remote_hosts(config)
         self._lock = threading.Lock()
-        self._associations = 0
         self._connections: set[Connection] = set()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -107,19 +111,20 @@ class Receiver:
 
     # -- admission ------------------------------------------------------------
 
-    def admit(self, assoc: Negotiated, peer_host: str) -> pdu.Reject | None:
-        """None to accept (and count) the association, else why to reject it."""
-        with self._lock:
-            if self._stopping.is_set():
-                return pdu.REJECT_CONGESTION
-            if self._associations >= self.config.max_associations:
-                return pdu.REJECT_LOCAL_LIMIT
-            self._associations += 1
-        return None
+    def admit(self, assoc: Negotiated, peer_host: str) -> tuple[pdu.Reject | None, int | None]:
+        """(None, slot) to accept the association holding `slot`, else (why not, None)."""
+        reject = admission_check(self.config, self.allowed_hosts, assoc, peer_host)
+        if reject is not None:
+            return reject, None
+        if self._stopping.is_set():
+            return pdu.REJECT_CONGESTION, None
+        slot = self.slots.acquire()
+        if slot is None:
+            return pdu.REJECT_LOCAL_LIMIT, None
+        return None, slot
 
-    def association_ended(self) -> None:
-        with self._lock:
-            self._associations -= 1
+    def association_ended(self, slot: int) -> None:
+        self.slots.release(slot)
 
     # -- stopping -------------------------------------------------------------
 

@@ -10,8 +10,10 @@ named status and a reason; only Success carries an InstanceStored.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 
 from storscp import bus
 from storscp.receiver import sopuids
@@ -67,6 +69,14 @@ class Discard:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Refusals decided before or while an instance arrives (0: no limit)."""
+
+    max_instance_bytes: int = 0
+    min_free_bytes: int = 0
+
+
 @dataclass(slots=True)
 class PendingStore:
     """A C-STORE whose dataset is arriving."""
@@ -76,10 +86,23 @@ class PendingStore:
     transfer_syntax: str
     calling_ae: str
     sink: PartFile | Discard
+    max_instance_bytes: int = 0
+    received: int = 0
     head: bytearray = field(default_factory=bytearray)
 
     def take(self, data: memoryview) -> None:
         """Dataset bytes off the wire, in order."""
+        self.received += len(data)
+        too_big = self.max_instance_bytes and self.received > self.max_instance_bytes
+        if too_big and isinstance(self.sink, PartFile):
+            # Drop what is on disk now; keep reading the rest to nowhere.
+            self.sink.discard()
+            self.sink = Discard(
+                StoreFailure(
+                    StoreStatus.OUT_OF_RESOURCES,
+                    f"instance larger than max_instance_bytes={self.max_instance_bytes}",
+                )
+            )
         self.sink.write(data)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
@@ -95,16 +118,20 @@ def open_store(
     transfer_syntax: str,
     calling_ae: str,
     parts: PartPool,
+    limits: StoreLimits,
 ) -> PendingStore:
     """Decide where the dataset of a C-STORE-RQ goes, before it arrives."""
     sink: PartFile | Discard
+    low_space = _low_space(parts.depot_dir, limits.min_free_bytes)
     try:
         uid = check_uid(command.affected_sop_instance_uid)
         class_uid = check_uid(command.affected_sop_class_uid)
     except UIDError as exc:
         sink = Discard(StoreFailure(StoreStatus.INVALID_UID, f"request UID: {exc}"))
     else:
-        if class_uid != abstract_syntax:
+        if low_space:
+            sink = Discard(StoreFailure(StoreStatus.OUT_OF_RESOURCES, low_space))
+        elif class_uid != abstract_syntax:
             sink = Discard(
                 StoreFailure(
                     StoreStatus.SOP_CLASS_NOT_SUPPORTED,
@@ -120,7 +147,23 @@ def open_store(
                 sink = Discard(
                     StoreFailure(status_for_os_error(exc), f"cannot create depot file: {exc}")
                 )
-    return PendingStore(command, context_id, transfer_syntax, calling_ae, sink)
+    return PendingStore(
+        command, context_id, transfer_syntax, calling_ae, sink, limits.max_instance_bytes
+    )
+
+
+def _low_space(directory: Path, min_free_bytes: int) -> str:
+    """Why the filesystem is too full to accept an instance, or ''."""
+    if not min_free_bytes:
+        return ""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return ""  # the store itself will fail and say why
+    free = st.f_bavail * st.f_frsize
+    if free >= min_free_bytes:
+        return ""
+    return f"only {free} bytes free for {directory}, min_free_bytes is {min_free_bytes}"
 
 
 def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,46 @@ def test_run_dir_too_long_for_a_socket(tmp_path: Path) -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Config().port = 1  # type: ignore[misc]
+
+
+def test_tables_modes_and_booleans_round_trip(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'accept_any = false\nfile_mode = "0600"\ndir_mode = 0o700\n'
+        '[[remote_ae]]\nname = "CT"\nae_title = "CT_1"\nhost = "10.1.2.3"\nport = 104\n'
+        '[[remote_ae]]\nname = "MR"\nae_title = "MR_1"\n'
+        f'[tls]\nport = 2762\ncertificate = "{cert}"\nprivate_key = "{cert}"\n'
+    )
+    config = load(path, {"require_called_aet": "false"}, base_dir=tmp_path)
+    assert config.accept_any is False and config.require_called_aet is False
+    assert (config.file_mode, config.dir_mode) == (0o600, 0o700)
+    assert [ae.ae_title for ae in config.remote_ae] == ["CT_1", "MR_1"]
+    assert config.remote_ae[0].host == "10.1.2.3" and config.remote_ae[1].host is None
+    assert config.tls is not None and config.tls.port == 2762 and config.tls.min_version == "1.2"
+    again = tmp_path / "again.toml"
+    again.write_text(config.to_toml())
+    assert load(again) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("accept_any = false", "no [[remote_ae]]"),
+        ('file_mode = "rw-r-----"', "'file_mode'"),
+        ('[[remote_ae]]\nname = "X"', "'ae_title' is required"),
+        ('[[remote_ae]]\nname = "X"\nae_title = "Y"\nhost = "bad host!"', "'host'"),
+        ('[tls]\nport = 2762\ncertificate = "/nonexistent"\nprivate_key = "/x"', "certificate"),
+        (
+            '[tls]\nport = 2762\ncertificate = "a"\nprivate_key = "b"\nmin_version = "1.0"',
+            "min_version",
+        ),
+        ('require_called_aet = "maybe"', "'require_called_aet'"),
+    ],
+)
+def test_table_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load(path, base_dir=tmp_path)

@@ -1,0 +1,52 @@
+"""At most `max_associations` associations across all receiver processes.
+
+One byte of `<run_dir>/association-slots` per slot; an association holds a
+POSIX record lock on its byte. The kernel drops a dead receiver's locks, so
+a crash never leaks a slot. POSIX locks belong to the process, not the
+thread, so each process also remembers which slots its threads hold.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+SLOTS_NAME = "association-slots"
+
+
+class AssociationSlots:
+    def __init__(self, run_dir: Path, count: int) -> None:
+        self.count = count
+        # Never closed while the process lives: closing any descriptor of the
+        # file would release every lock this process holds on it.
+        self._fd = os.open(run_dir / SLOTS_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self._fd).st_size < count:
+            os.ftruncate(self._fd, count)
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> int | None:
+        """A free slot number (now held), or None if all are taken."""
+        with self._lock:
+            for slot in range(self.count):
+                if slot in self._held:
+                    continue
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+                except OSError:
+                    continue  # held by another receiver process
+                self._held.add(slot)
+                return slot
+        return None
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            if slot in self._held:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot)
+                self._held.discard(slot)
+
+    def in_use_here(self) -> int:
+        with self._lock:
+            return len(self._held)
