@@ -9,6 +9,7 @@ into storscp1.log / storscp2.log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from storscp import __version__
@@ -128,28 +130,31 @@ def _prepare_storage(config: Config) -> None:
 
 
 def _with_port(config: Config) -> Config:
-    """Fail early if the port is taken; turn port 0 into a free port."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.host, config.port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise CommandError(
-                    ExitCode.UNAVAILABLE,
-                    f"port {config.port} on {config.host} is already in use",
-                ) from None
-            raise CommandError(
-                ExitCode.UNAVAILABLE,
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror}",
-            ) from None
-        port = probe.getsockname()[1]
-    if port == config.port:
-        return config
-    from dataclasses import replace
+    """Fail early if a port is taken; turn port 0 into a free port (plain and TLS)."""
+    with contextlib.ExitStack() as probes:
+        # Both probes stay bound until both ports are known: never the same free port twice.
+        port = _probe_port(probes, config.host, config.port, "port")
+        tls = config.tls
+        if tls is not None:
+            tls = replace(tls, port=_probe_port(probes, config.host, tls.port, "[tls] port"))
+    return replace(config, port=port, tls=tls)
 
-    return replace(config, port=port)
+
+def _probe_port(probes: contextlib.ExitStack, host: str, port: int, key: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandError(
+                ExitCode.UNAVAILABLE, f"{key} {port} on {host} is already in use"
+            ) from None
+        raise CommandError(
+            ExitCode.UNAVAILABLE, f"cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    return int(probe.getsockname()[1])
 
 
 def _write_atomically(path: Path, text: str) -> None:

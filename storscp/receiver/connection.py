@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from storscp.receiver.store import (
     finish_store,
     open_store,
 )
+from storscp.receiver.tls import peer_subject
 from storscp.uids import strip_padding
 
 if TYPE_CHECKING:
@@ -65,8 +67,16 @@ class AssociationStats:
 class Connection:
     """Serves one connection from accept to close."""
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int], receiver: Receiver) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        receiver: Receiver,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.sock = sock
+        self.tls = tls
+        self.tls_subject = ""
         self.peer = f"{peer[0]}:{peer[1]}"
         self.peer_host = peer[0]
         self.receiver = receiver
@@ -88,6 +98,8 @@ class Connection:
         ending = "closed"
         reason = ""
         try:
+            if self.tls is not None and not self._handshake(self.tls):
+                return
             if self._associate():
                 ending, reason = self._serve_established()
         except PeerClosed:
@@ -127,6 +139,19 @@ class Connection:
     def _close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def _handshake(self, context: ssl.SSLContext) -> bool:
+        """TLS handshake within acse_timeout_s; False (and an ERROR) if it fails."""
+        self.sock.settimeout(self.config.acse_timeout_s)
+        try:
+            wrapped = context.wrap_socket(self.sock, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self._error("TLS handshake failed", str(exc) or type(exc).__name__)
+            return False
+        self.sock = wrapped
+        self.reader = SocketReader(wrapped)
+        self.tls_subject = peer_subject(wrapped)
+        return True
 
     # -- association establishment -----------------------------------------------
 
@@ -366,6 +391,10 @@ class Connection:
 
     def _association_event(self, state: str, **fields: bus.FieldValue) -> None:
         assoc = self.assoc
+        if self.tls is not None:
+            fields["tls"] = True
+            if self.tls_subject:
+                fields["tls_subject"] = self.tls_subject
         self.outbox.event(
             bus.EventType.ASSOCIATION,
             state=state,

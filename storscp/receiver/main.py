@@ -15,6 +15,7 @@ from storscp.component import (
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
 from storscp.receiver.server import Receiver
+from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "receiver"
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         receiver = Receiver(config, outbox)
         try:
-            host, port = receiver.listen()
+            host, port, tls_port = receiver.listen()
+        except TlsSetupError as exc:
+            outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=str(exc))
+            return report_startup_failure(PROC, StartupFailure(ExitCode.CONFIG, str(exc)))
         except OSError as exc:
             code = ExitCode.UNAVAILABLE if exc.errno == errno.EADDRINUSE else ExitCode.CANTCREAT
             reason = f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             ae_title=config.ae_title,
             host=host,
             port=port,
+            tls_port=tls_port,
             storage_dir=str(config.storage_dir),
             log_dir=str(config.log_dir),
         )

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -25,6 +26,7 @@ from storscp.receiver.connection import Connection
 from storscp.receiver.depot import PartPool
 from storscp.receiver.slots import AssociationSlots
 from storscp.receiver.store import StoreLimits
+from storscp.receiver.tls import make_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -48,36 +50,50 @@ class Receiver:
         self.allowed_hosts = resolve_remote_hosts(config)
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()
-        self._listener: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
+        self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
+        self._acceptors: list[threading.Thread] = []
         self._stopping = threading.Event()
 
     # -- listening ------------------------------------------------------------
 
-    def listen(self) -> tuple[str, int]:
-        """Bind and listen; return the bound (host, port). Raises OSError."""
+    def listen(self) -> tuple[str, int, int | None]:
+        """Bind the plain port (and the TLS port if configured).
+
+        Returns (host, port, tls_port). Raises OSError, or TlsSetupError when
+        the certificate or key cannot be loaded.
+        """
+        host, port = self._bind(self.config.port, None)
+        tls_port = None
+        if self.config.tls is not None:
+            context = make_tls_context(self.config.tls)
+            _, tls_port = self._bind(self.config.tls.port, context)
+        return host, port, tls_port
+
+    def _bind(self, port: int, tls: ssl.SSLContext | None) -> tuple[str, int]:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if hasattr(socket, "SO_REUSEPORT"):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.config.host, self.config.port))
+            sock.bind((self.config.host, port))
             sock.listen(LISTEN_BACKLOG)
         except OSError:
             sock.close()
             raise
-        self._listener = sock
-        host, port = sock.getsockname()[:2]
-        return str(host), int(port)
+        self._listeners.append((sock, tls))
+        host, bound = sock.getsockname()[:2]
+        return str(host), int(bound)
 
     def start(self) -> None:
-        self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
-        self._acceptor.start()
+        for sock, tls in self._listeners:
+            thread = threading.Thread(
+                target=self._accept_loop, args=(sock, tls), name="acceptor", daemon=True
+            )
+            thread.start()
+            self._acceptors.append(thread)
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
+    def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():
             try:
                 sock, address = listener.accept()
@@ -95,7 +111,9 @@ class Receiver:
                 continue
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            connection = Connection(sock, address, self)
+            # The TLS handshake happens on the connection's own thread, so a
+            # slow or silent TLS client never holds up the next accept.
+            connection = Connection(sock, address, self, tls)
             with self._lock:
                 self._connections.add(connection)
             threading.Thread(
@@ -131,12 +149,12 @@ class Receiver:
     def stop(self, drain_timeout_s: float, urgent: threading.Event) -> int:
         """Stop accepting; drain until the deadline; abort the rest. Returns aborted count."""
         self._stopping.set()
-        if self._listener is not None:
+        for sock, _tls in self._listeners:
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-        if self._acceptor is not None:
-            self._acceptor.join(2.0)
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._acceptors:
+            thread.join(2.0)
         deadline = time.monotonic() + drain_timeout_s
         while self._live() and time.monotonic() < deadline:
             if urgent.wait(0.05):

@@ -73,6 +73,7 @@ class Service:
         self.config_path = root / "storscp.toml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.tls_port = 0
         self.pids: set[int] = set()
         self.extension = str(self.keys.get("extension", ".dcm"))
 
@@ -81,7 +82,18 @@ class Service:
         return self.storage_dir / "depot"
 
     def write_config(self) -> None:
-        lines = [f"{k} = {toml_value(v)}" for k, v in self.keys.items()]
+        """Scalars first, then tables (dict values) and arrays of tables (lists of dicts)."""
+        lines = [
+            f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not isinstance(v, dict | list)
+        ]
+        for key, value in self.keys.items():
+            if isinstance(value, dict):
+                lines.append(f"[{key}]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+            elif isinstance(value, list):
+                for table in value:
+                    lines.append(f"[[{key}]]")
+                    lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout_s: float = 30.0) -> Service:
@@ -101,6 +113,8 @@ class Service:
         receiver = self.last_start("receiver")
         assert receiver is not None
         self.port = int(receiver["port"])
+        tls_port = receiver.get("tls_port")
+        self.tls_port = int(tls_port) if tls_port else 0
         return self
 
     def _died(self) -> bool:

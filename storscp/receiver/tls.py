@@ -1,0 +1,48 @@
+"""The TLS side of the receiver: an SSL context from the `[tls]` table.
+
+TLS 1.2 or newer (configurable to 1.3 only), the operating system's default
+cipher choice, and, when `ca_file` is given, client certificates required
+and verified against it (mutual TLS, as DICOM's secure transport profiles
+expect).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import cast
+
+from storscp.config import TlsConfig
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TlsSetupError(Exception):
+    """The certificate, key or CA file cannot be used; the message says which."""
+
+
+def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = VERSIONS[tls.min_version]
+    try:
+        context.load_cert_chain(tls.certificate, tls.private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(
+            f"[tls] certificate {tls.certificate} / private_key {tls.private_key}"
+            f" cannot be loaded: {exc}"
+        ) from None
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError(f"[tls] ca_file {tls.ca_file} cannot be loaded: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def peer_subject(sock: ssl.SSLSocket) -> str:
+    """The client certificate's subject as one line, or '' without one."""
+    cert = sock.getpeercert()
+    if not cert:
+        return ""
+    subject = cast(tuple[tuple[tuple[str, str], ...], ...], cert.get("subject", ()))
+    return ",".join(f"{key}={value}" for rdn in subject for key, value in rdn)
