@@ -10,7 +10,6 @@ ready name and fsyncs the depot directory: only then may Success be sent.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -171,7 +170,8 @@ class PartFile:
         """Write what is buffered, so the file can be read back."""
         if self._pending and self.error is None:
             self._write_all(self._pending)
-            self._pending.clear()
+            # A new buffer rather than clear(): a failed write may still hold a view of it.
+            self._pending = bytearray()
 
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -179,7 +179,10 @@ class PartFile:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            self.error = exc
+            # Without its traceback the error keeps no frame (and no buffer view) alive.
+            self.error = exc.with_traceback(None)
+        finally:
+            view.release()
 
     def make_ready(self, uid: str, depot_dir_fd: int) -> str:
         """fsync, rename to the ready name, fsync the depot; return the ready name.
@@ -217,5 +220,10 @@ class PartFile:
 
 
 def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Remove a part; if the filesystem refuses (read-only), the committer's sweep will."""
+    try:
         os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s now (%s); the depot sweep will", path, exc)

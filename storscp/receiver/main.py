@@ -66,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
             outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=reason)
             return report_startup_failure(PROC, StartupFailure(code, reason))
         receiver.start()
+        listening: dict[str, bus.FieldValue] = {"host": host, "port": port}
+        if tls_port is not None:
+            listening["tls_port"] = tls_port
         outbox.event(
             bus.EventType.START,
             pid=os.getpid(),
             version=__version__,
             ae_title=config.ae_title,
-            host=host,
-            port=port,
-            tls_port=tls_port,
+            **listening,
             storage_dir=str(config.storage_dir),
             log_dir=str(config.log_dir),
         )

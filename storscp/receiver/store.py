@@ -163,7 +163,8 @@ def _low_space(directory: Path, min_free_bytes: int) -> str:
     free = st.f_bavail * st.f_frsize
     if free >= min_free_bytes:
         return ""
-    return f"only {free} bytes free for {directory}, min_free_bytes is {min_free_bytes}"
+    # Key first: the DIMSE Error Comment keeps only 64 characters.
+    return f"min_free_bytes={min_free_bytes} not met: {free} bytes free in {directory}"
 
 
 def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored:

@@ -166,6 +166,20 @@ class RawAssociation:
         except (Aborted, ConnectionResetError):
             return True
 
+    def closed_by_peer_nowait(self) -> bool:
+        """True if the service has already closed the connection (no waiting)."""
+        timeout = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            return True
+        finally:
+            self.sock.settimeout(timeout)
+        return data == b"" or data[:1] == b"\x07"
+
     # -- association --------------------------------------------------------
 
     def associate(
