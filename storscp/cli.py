@@ -27,7 +27,7 @@ from storscp.config import KEYS, Config, ConfigError, ConfigNotReadable, flag_fo
 from storscp.exitcodes import ExitCode
 from storscp.preflight import CommandError, NotPermitted
 from storscp.supervisor import conf, control
-from storscp.supervisor.exits import last_exit, last_line
+from storscp.supervisor.exits import last_exit, last_line, startup_reason
 
 PRIVILEGES_MESSAGE = "Failed. Administrator privileges may be needed."
 START_TIMEOUT_S = 90.0
@@ -253,7 +253,7 @@ def _wait_until_started(config: Config, old_pids: set[int]) -> None:
 def _failure_of(config: Config, info: control.ProcessInfo) -> tuple[ExitCode, str]:
     """Exit code and reason of a process that would not start."""
     ended = last_exit(conf.log_path(config), info.process)
-    reason = last_line(conf.child_log_path(config.run_dir, info.process))
+    reason = startup_reason(conf.child_log_path(config.run_dir, info.process))
     if reason is None:
         reason = info.spawnerr or (ended.text if ended else "no reason given")
     known = {int(code) for code in ExitCode}
@@ -371,7 +371,7 @@ def _details(config: Config, p: control.ProcessInfo) -> str:
     ended = last_exit(conf.log_path(config), p.process)
     how = ended.text if ended else (p.spawnerr or p.description)
     if p.state in {"FATAL", "BACKOFF"}:
-        reason = last_line(conf.child_log_path(config.run_dir, p.process))
+        reason = startup_reason(conf.child_log_path(config.run_dir, p.process))
         if reason:
             return f"{how}: {reason}"
     return how

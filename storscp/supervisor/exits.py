@@ -23,6 +23,7 @@ _ENDED_RE = re.compile(
 )
 _STATUS_RE = re.compile(r"^exit status (?P<status>-?\d+)$")
 _SIGNAL_RE = re.compile(r"^terminated by (?P<signal>\w+)")
+_PREFIX_RE = re.compile(r"^storscp [a-z]+: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,12 @@ def last_exit(log_path: Path, process_name: str) -> LastExit | None:
             text=how,
         )
     return found
+
+
+def startup_reason(child_log: Path) -> str | None:
+    """Why a component would not start: its last words, without `storscp <proc>: `."""
+    line = last_line(child_log)
+    return None if line is None else _PREFIX_RE.sub("", line, count=1)
 
 
 def last_line(path: Path, max_chars: int = 300) -> str | None:

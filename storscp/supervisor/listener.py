@@ -28,7 +28,7 @@ from storscp.component import (
 from storscp.outbox import Outbox
 from storscp.runtime import die_with_parent
 from storscp.supervisor import conf
-from storscp.supervisor.exits import last_exit, last_line
+from storscp.supervisor.exits import last_exit, startup_reason
 
 PROC = "listener"
 
@@ -72,7 +72,7 @@ def error_for(
         fields["tries"] = int(payload["tries"])
     if state != "EXITED":
         # A start-up failure says why on its stderr, the last line of its log.
-        reason = last_line(conf.child_log_path(run_dir, process))
+        reason = startup_reason(conf.child_log_path(run_dir, process))
         if reason is not None:
             fields["reason"] = reason
     return fields
