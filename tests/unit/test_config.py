@@ -66,3 +66,22 @@ def test_run_dir_too_long_for_a_socket(tmp_path: Path) -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Config().port = 1  # type: ignore[misc]
+
+
+def test_user_and_admin_group_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('user = "no-such-user-here"\n')
+    with pytest.raises(ConfigError, match=f"{path}: key 'user' names no user"):
+        load(path, base_dir=tmp_path)
+    path.write_text('admin_group = "no-such-group-here"\n')
+    with pytest.raises(ConfigError, match=f"{path}: key 'admin_group' names no group"):
+        load(path, base_dir=tmp_path)
+    path.write_text('user = "root; rm"\n')
+    with pytest.raises(ConfigError, match="key 'user' must be an account name"):
+        load(path, base_dir=tmp_path)
+
+
+def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
+    config = load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path)
+    assert (config.user, config.admin_group) == ("root", "root")
+    assert load(None, base_dir=tmp_path).user == ""
