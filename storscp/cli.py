@@ -39,7 +39,7 @@ STATUS_DEGRADED = 1  # running, but a component is not (FATAL, BACKOFF, stopped)
 STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4  # not allowed to ask
 
-STARTING_COMMANDS = {"run", "start", "restart"}
+FAILED_PREFIX = {"run": "start failed: ", "start": "start failed: ", "restart": "restart failed: "}
 CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
 
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: str = args.command
-    failed = "start failed: " if command in STARTING_COMMANDS else "storscp: "
+    failed = FAILED_PREFIX.get(command, "storscp: ")
     overrides = {key: getattr(args, key) for key in KEYS}
     try:
         config = load(args.config, overrides)
@@ -173,7 +173,11 @@ def cmd_run(config: Config) -> int:
     if control.is_running(config):
         raise CommandError(ExitCode.UNAVAILABLE, "service already running")
     _refuse_leftovers(config)
+    stale_pid = preflight.stale_supervisord_pid(conf.pidfile_path(config))
     config = prepare(config)
+    if stale_pid is not None:
+        # No logger yet, and this process becomes supervisord: say it here.
+        print(f"storscp: the previous supervisord (pid {stale_pid}) ended without a stop")
     print(
         f"storscp {__version__}: serving {config.ae_title} on {config.host}:{config.port},"
         f" storage {config.storage_dir}, logs {config.log_dir}",

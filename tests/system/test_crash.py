@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def test_kill_9_supervisord_then_a_fresh_start_takes_over(
     pool = start_senders(svc, batches)
     old = {program: svc.running_pids(program) for program in COMPONENTS}
     supervisord = svc.supervisord_pid()
+    old_port = svc.port
 
     # When: supervisord dies; its socket and pidfile stay behind.
     os.kill(supervisord, signal.SIGKILL)
@@ -132,11 +134,18 @@ def test_kill_9_supervisord_then_a_fresh_start_takes_over(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "start request issued"
     recovery_s = time.monotonic() - killed_at
+    # The receiver was still draining its associations: start waited for it.
+    assert "waiting for components of a previous run to stop" in result.stderr
     svc.supervisord_pids.add(svc.supervisord_pid())
     leftovers = [pid for pids in old.values() for pid in pids if alive(pid)]
     assert not leftovers, f"components of the killed supervisord still alive: {leftovers}"
     for program in COMPONENTS:
         assert len(svc.live_components(program)) == len(svc.running_pids(program)) == 1, program
+    if svc.current_port() != old_port:
+        with socket.socket() as probe:  # nobody listens on the old port any more
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            probe.bind(("127.0.0.1", old_port))
+            probe.listen(1)
     svc.wait_event(
         "ERROR",
         30,
