@@ -99,7 +99,7 @@ def prepare_run_dir(config: Config, account: Account | None) -> None:
     """
     run_dir = config.run_dir
     _mkdir("run_dir", run_dir)
-    if run_dir.stat().st_uid == os.geteuid():
+    if run_dir.stat().st_uid == os.geteuid() and _is_a_run_dir(config):
         # Others must reach effective.toml and bus/ when components run as `user`;
         # admin_group must reach the control socket.
         mode = 0o755 if account is not None else 0o750
@@ -115,6 +115,16 @@ def prepare_run_dir(config: Config, account: Account | None) -> None:
             ) from None
     _mkdir("run_dir", config.bus_dir, mode=0o700)
     _give(config.bus_dir, account)
+
+
+def _is_a_run_dir(config: Config) -> bool:
+    """Only a directory that is storscp's alone gets its mode and group set:
+    never a shared one someone named as run_dir (/run, /tmp, a home)."""
+    try:
+        entries = set(os.listdir(config.run_dir))
+    except OSError:
+        return False
+    return not entries or config.effective_path.name in entries
 
 
 # -- storage, depot, logs ------------------------------------------------------
