@@ -43,6 +43,8 @@ class SenderLog:
     statuses: dict[str, int | None] = field(default_factory=dict)
     associations: int = 0
     error: str | None = None
+    # Why an instance got no Success: an exception, or an answer without status.
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def make_instances(
@@ -91,6 +93,8 @@ class Sender(threading.Thread):
                     assoc = self._connect()
                 status = self._store(assoc, instance)
                 self.log.statuses[instance.uid] = status
+                if status != SUCCESS:
+                    self.log.failures[instance.uid] = self._why(assoc, status)
                 if status == SUCCESS:
                     self.on_ack()
                 elif status is None:
@@ -115,13 +119,22 @@ class Sender(threading.Thread):
                 raise TimeoutError(f"no association for {self.reconnect_timeout_s}s")
             pause.wait(RECONNECT_PAUSE_S)  # the client's reconnect pace, not a test wait
 
-    @staticmethod
-    def _store(assoc: Association, instance: Instance) -> int | None:
+    def _store(self, assoc: Association, instance: Instance) -> int | None:
+        self._exception: str | None = None
         try:
             rsp = assoc.send_c_store(instance.path)
-        except Exception:  # the association died between the check and the send
+        except Exception as exc:  # the association died between the check and the send
+            self._exception = f"{type(exc).__name__}: {exc}"
             return None
         return int(rsp.Status) if "Status" in rsp else None
+
+    def _why(self, assoc: Association, status: int | None) -> str:
+        if self._exception is not None:
+            return self._exception
+        if status is not None:
+            return f"status 0x{status:04X}"
+        state = "aborted" if assoc.is_aborted else "released" if assoc.is_released else "alive"
+        return f"no answer (association {state})"
 
 
 class SenderPool:
@@ -169,6 +182,12 @@ class SenderPool:
         out: dict[str, int | None] = {}
         for sender in self.senders:
             out.update(sender.log.statuses)
+        return out
+
+    def failures(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for sender in self.senders:
+            out.update(sender.log.failures)
         return out
 
     def acknowledged(self) -> set[str]:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,11 +78,15 @@ def check_storage(svc: Service, pool: SenderPool) -> Counts:
     return Counts(pool.sent(), len(acknowledged), len(found), pool.associations())
 
 
-def report(crash_report: list[str], killed: str, counts: Counts, recovery_s: float) -> None:
+def report(
+    crash_report: list[str], killed: str, counts: Counts, recovery_s: float, pool: SenderPool
+) -> None:
+    failed = Counter(pool.failures().values())
     line = (
         f"kill -9 {killed:<11} sent={counts.sent} acknowledged={counts.acknowledged}"
         f" found={counts.found} associations={counts.associations}"
         f" running_again_after={recovery_s:.1f}s"
+        + (f" unacknowledged={dict(failed)}" if failed else "")
     )
     print(line)
     crash_report.append(line)
@@ -108,7 +113,7 @@ def test_kill_9_component_loses_no_acknowledged_instance(
     pool.join(240)
     counts = check_storage(svc, pool)
     assert counts.sent == SENDERS * PER_SENDER
-    report(crash_report, program, counts, recovery_s)
+    report(crash_report, program, counts, recovery_s, pool)
 
 
 def test_kill_9_supervisord_then_a_fresh_start_takes_over(
@@ -159,4 +164,4 @@ def test_kill_9_supervisord_then_a_fresh_start_takes_over(
     assert counts.sent == SENDERS * PER_SENDER
     # The receiver drains up to drain_timeout_s before the new one can bind.
     assert recovery_s < 5 + RECOVERY_LIMIT_S + 10
-    report(crash_report, "supervisord", counts, recovery_s)
+    report(crash_report, "supervisord", counts, recovery_s, pool)
