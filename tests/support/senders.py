@@ -134,7 +134,7 @@ class Sender(threading.Thread):
         if status is not None:
             return f"status 0x{status:04X}"
         state = "aborted" if assoc.is_aborted else "released" if assoc.is_released else "alive"
-        return f"no answer (association {state})"
+        return f"no answer (association {state} when checked)"
 
 
 class SenderPool:

@@ -12,6 +12,7 @@ import grp
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,24 @@ def test_start_refuses_a_directory_the_user_key_account_cannot_write(
         }[key]
         assert result.stderr.strip() == f"start failed: {expected}"
         poll_for(lambda: not svc.is_up(), 5, "no service")
+
+
+def test_start_refuses_a_user_key_account_that_cannot_run_the_interpreter(
+    service_factory: type[Service], short_tmp: Path
+) -> None:
+    with temporary_user() as account:
+        if interpreter_for_others(account).argv == (sys.executable,):
+            pytest.skip(f"{account} can run {sys.executable}: nothing to refuse")
+        open_to_others(short_tmp)
+        svc = service_factory(user=account)  # the venv's interpreter, out of its reach
+        open_to_others(svc.root)
+        svc.storage_dir.mkdir()
+        os.chown(svc.storage_dir, uid_of(account), -1)
+        svc.write_config()
+        result = svc.command("start")
+        assert "Traceback" not in result.stderr
+        assert result.returncode == 73, result.stderr
+        assert result.stderr.startswith(
+            f"start failed: user {account} cannot run storscp with {sys.executable}"
+        ), result.stderr
+        assert not svc.is_up()
