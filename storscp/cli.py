@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"{failed}{exc}", file=sys.stderr)
         return exc.code
+    except control.NotAnswering as exc:
+        print(f"{failed}{exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     except control.NotRunning as exc:  # supervisord went away under us
         print(f"{failed}supervisord stopped answering: {exc}", file=sys.stderr)
         return ExitCode.SOFTWARE

@@ -7,6 +7,7 @@ a refused connection means "not running", a permission error "not allowed".
 from __future__ import annotations
 
 import http.client
+import socket
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,6 +24,14 @@ class NotRunning(Exception):
 
 class AccessDenied(Exception):
     """The control socket exists but we may not use it."""
+
+
+class NotAnswering(Exception):
+    """supervisord accepted the connection but did not answer in time (hung, stopped)."""
+
+
+# Every call returns at once unless supervisord is stuck; then say so, never hang.
+CALL_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +72,14 @@ def call(config: Config, method: str, *args: Any) -> Any:
         raise AccessDenied(str(exc)) from None
     except OSError as exc:
         raise NotRunning(f"no control socket at {path}: {exc.strerror}") from None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(CALL_TIMEOUT_S)  # SupervisorTransport has no timeout of its own
     try:
         return getattr(rpc(config), method)(*args)
+    except TimeoutError:
+        raise NotAnswering(
+            f"supervisord did not answer on {path} within {CALL_TIMEOUT_S:.0f}s"
+        ) from None
     except PermissionError as exc:
         raise AccessDenied(str(exc)) from None
     except xmlrpc.client.Fault as exc:
@@ -74,6 +89,8 @@ def call(config: Config, method: str, *args: Any) -> Any:
     except (OSError, http.client.HTTPException) as exc:
         # ECONNREFUSED: a stale socket left by a supervisord that was killed.
         raise NotRunning(str(exc)) from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def state(config: Config) -> str:
