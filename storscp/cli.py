@@ -199,7 +199,7 @@ def cmd_start(config: Config) -> int:
     stale_pid = preflight.stale_supervisord_pid(conf.pidfile_path(config))
     config = prepare(config)
     _launch(config)
-    _wait_until_started(config, old_pids=set())
+    _wait_until_started(config, control.supervisord_pid(config), old_pids=set())
     if stale_pid is not None:
         _report_unclean_end(config, stale_pid)
     print("start request issued")
@@ -229,17 +229,21 @@ def _launch(config: Config) -> None:
         raise CommandError(ExitCode.SOFTWARE, f"supervisord did not come up: {reason}")
 
 
-def _wait_until_started(config: Config, old_pids: set[int]) -> None:
+def _wait_until_started(config: Config, supervisord: int, old_pids: set[int]) -> None:
     """Wait until every process is RUNNING, none of them with one of `old_pids`.
 
-    A FATAL process fails the start: supervisord is shut down again (no
-    half service is left behind) and its reason is the process's last words.
+    A FATAL process fails the start, and so does waiting too long: supervisord
+    is shut down again (no half service is left behind) and the reason is the
+    failed process's last words.
     """
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
             infos = control.process_infos(config)
         except control.NotRunning:
+            if not preflight.pid_alive(supervisord):
+                reason = last_line(conf.log_path(config)) or "no reason in its log"
+                raise CommandError(ExitCode.SOFTWARE, f"supervisord exited: {reason}") from None
             infos = []  # restarting: the socket comes back shortly
         fatal = [p for p in infos if p.state == "FATAL"]
         if fatal:
@@ -250,6 +254,7 @@ def _wait_until_started(config: Config, old_pids: set[int]) -> None:
             return
         if time.monotonic() > deadline:
             waiting = ", ".join(f"{p.name} {p.state}" for p in infos if p.state != "RUNNING")
+            _shutdown_and_wait(config)
             raise CommandError(
                 ExitCode.SOFTWARE,
                 f"not all components RUNNING after {START_TIMEOUT_S:.0f}s ({waiting or 'none'})",
@@ -332,9 +337,10 @@ def cmd_restart(config: Config) -> int:
             raise
     else:
         config = prepare(config, keep_port=running.port)
+    supervisord = control.supervisord_pid(config)
     old_pids = {p.pid for p in control.process_infos(config) if p.pid}
     control.restart(config)
-    _wait_until_started(config, old_pids=old_pids)
+    _wait_until_started(config, supervisord, old_pids)
     print("restart request issued")
     return ExitCode.OK
 
