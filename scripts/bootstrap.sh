@@ -35,3 +35,19 @@ if [ "$want_test" = 1 ] && ! command -v storescu >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q dcmtk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dcmtk >/dev/null; }
 fi
+
+# The privilege tests run storscp as real unprivileged accounts. When the
+# venv's interpreter lives where they cannot read it (pyenv under /root),
+# they use the system's interpreter of the same version with the venv's
+# packages, so that one must exist.
+if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
+    pyver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    if ! runuser -u nobody -- .venv/bin/python -c '' >/dev/null 2>&1 \
+        && [ ! -x "/usr/bin/python$pyver" ]; then
+        echo "bootstrap: installing python$pyver (Debian) for the tests that run as another account"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q "python$pyver" >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q "python$pyver" >/dev/null; } \
+            || echo "bootstrap: python$pyver is not available here; the privilege tests will say so" >&2
+    fi
+fi

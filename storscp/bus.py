@@ -2,7 +2,7 @@
 
 Everything that crosses a socket between storscp processes is defined here.
 Sockets are PUSH (senders connect) / PULL (the owner binds) over ipc in
-`run_dir`. A message is two frames: an ASCII kind, then UTF-8 JSON carrying a
+`<run_dir>/bus/`. A message is two frames: an ASCII kind, then UTF-8 JSON carrying a
 `"v"` version. Never pickle: decoding must not execute anything.
 
 ZeroMQ is the doorbell, the depot is the queue: a lost `InstanceStored`
@@ -54,14 +54,20 @@ class Proc(StrEnum):
     CLI = "cli"
 
 
+# The sockets live in <run_dir>/bus/, which the components' account owns;
+# run_dir itself (supervisord.conf) stays writable only by whoever starts
+# the service, so a component account can never rewrite what root runs.
+BUS_DIR_NAME = "bus"
+
+
 def committer_endpoint(run_dir: Path) -> str:
     """Receivers push InstanceStored here; the committer binds it."""
-    return f"ipc://{run_dir}/committer.sock"
+    return f"ipc://{run_dir}/{BUS_DIR_NAME}/committer.sock"
 
 
 def logger_endpoint(run_dir: Path) -> str:
     """Every process pushes Event here; the logger binds it."""
-    return f"ipc://{run_dir}/logger.sock"
+    return f"ipc://{run_dir}/{BUS_DIR_NAME}/logger.sock"
 
 
 def now_iso() -> str:

@@ -2,57 +2,67 @@
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
-service (its run_dir). Messages for the admin go to stdout/stderr, never
-into storscp1.log / storscp2.log.
+service (its run_dir). Answers are the original service's: `start request
+issued`, `service already running`, `start failed: <reason>`, `stop request
+issued`, `service not running`, `service running`. Messages for the admin go
+to stdout/stderr, never into storscp1.log / storscp2.log, and never as a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
+import math
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
-from storscp import __version__
-from storscp.config import KEYS, Config, ConfigError, flag_for, load
+from storscp import __version__, bus, preflight
+from storscp.config import KEYS, Config, ConfigError, ConfigNotReadable, flag_for, load
 from storscp.exitcodes import ExitCode
+from storscp.preflight import CommandError, NotPermitted
 from storscp.supervisor import conf, control
+from storscp.supervisor.exits import last_exit, last_line, startup_reason
 
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 120.0
+PRIVILEGES_MESSAGE = "Failed. Administrator privileges may be needed."
+START_TIMEOUT_S = 90.0
+POLL_S = 0.1
+
+# `storscp status` exit codes, as LSB init scripts have them.
+STATUS_RUNNING = 0
+STATUS_DEGRADED = 1  # running, but a component is not (FATAL, BACKOFF, stopped)
+STATUS_NOT_RUNNING = 3
+STATUS_UNKNOWN = 4  # not allowed to ask
+
+FAILED_PREFIX = {"run": "start failed: ", "start": "start failed: ", "restart": "restart failed: "}
+CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
 
 
-class CommandError(Exception):
-    """Refuse with a clear message and an exit code, never a traceback."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", type=Path, help="configuration file (TOML)")
     for key, (_kind, help_text) in KEYS.items():
         common.add_argument(flag_for(key), dest=key, metavar=key.upper(), help=help_text)
 
-    parser = argparse.ArgumentParser(
-        prog="storscp", description="DICOM Storage SCP service (C-ECHO, C-STORE)."
-    )
+    parser = _Parser(prog="storscp", description="DICOM Storage SCP service (C-ECHO, C-STORE).")
     parser.add_argument("--version", action="version", version=f"storscp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in (
         ("run", "run in the foreground; Ctrl-C or SIGTERM stops everything"),
         ("start", "start the service in the background"),
         ("stop", "stop the background service"),
-        ("restart", "stop, then start with the current configuration"),
+        ("restart", "restart every component with the current configuration"),
         ("status", "show the service and its components"),
         ("config", "print the effective configuration as TOML"),
     ):
@@ -62,105 +72,86 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command: str = args.command
+    failed = FAILED_PREFIX.get(command, "storscp: ")
     overrides = {key: getattr(args, key) for key in KEYS}
     try:
         config = load(args.config, overrides)
-        return COMMANDS[args.command](config)
-    except ConfigError as exc:
-        print(f"storscp: invalid configuration: {exc}", file=sys.stderr)
+        return COMMANDS[command](config)
+    except ConfigNotReadable as exc:
+        if command in CONTROL_COMMANDS:
+            return _not_permitted(command, str(exc))
+        print(f"{failed}invalid configuration: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
+    except ConfigError as exc:
+        print(f"{failed}invalid configuration: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    except (control.AccessDenied, NotPermitted) as exc:
+        return _not_permitted(command, str(exc))
     except CommandError as exc:
-        print(f"storscp: {exc}", file=sys.stderr)
+        print(f"{failed}{exc}", file=sys.stderr)
         return exc.code
-    except control.AccessDenied:
-        print("Failed. Administrator privileges may be needed.", file=sys.stderr)
-        return ExitCode.NOPERM
+    except control.NotAnswering as exc:
+        print(f"{failed}{exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    except control.NotRunning as exc:  # supervisord went away under us
+        print(f"{failed}supervisord stopped answering: {exc}", file=sys.stderr)
+        return ExitCode.SOFTWARE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the boundary: a bug, said in one line
+        print(f"storscp: internal error: {exc!r}", file=sys.stderr)
+        return ExitCode.SOFTWARE
+
+
+def _not_permitted(command: str, detail: str) -> int:
+    print(PRIVILEGES_MESSAGE, file=sys.stderr)
+    print(f"storscp: {detail}", file=sys.stderr)
+    return STATUS_UNKNOWN if command == "status" else ExitCode.NOPERM
 
 
 # -- preparing a start --------------------------------------------------------
 
 
-def prepare(config: Config) -> Config:
+def prepare(config: Config, *, running: Config | None = None) -> Config:
     """Check and create what the components need; write effective.toml and the conf.
 
-    Returns the config with a concrete port (port 0 picks a free one).
+    Returns the config with concrete ports (port 0 picks a free one, or keeps
+    the port of the `running` service being restarted, which our receiver holds).
     """
-    _prepare_storage(config)
-    for key, path in (("log_dir", config.log_dir), ("run_dir", config.run_dir)):
-        try:
-            path.mkdir(mode=int(config.dir_mode), parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CommandError(
-                ExitCode.CANTCREAT, f"{key} {path} cannot be created: {exc.strerror}"
-            ) from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise CommandError(
-                ExitCode.CANTCREAT, f"{key} {path} is not writable by uid {os.geteuid()}"
-            )
-    if control.is_running(config):
-        raise CommandError(ExitCode.UNAVAILABLE, "service already running")
-    config = _with_port(config)
-    _write_atomically(config.effective_path, config.to_toml())
-    _write_atomically(conf.conf_path(config), conf.render(config, nodaemon=True))
+    preflight.check_run_dir_is_ours(config)
+    account = preflight.service_account(config)
+    preflight.require_root_for(account)
+    preflight.prepare_storage(config, account)
+    preflight.prepare_log_dir(config, account)
+    preflight.prepare_run_dir(config, account)
+    preflight.check_account(config, account)
+    config = preflight.with_ports(config, running)
+    _write_atomically(config.effective_path, config.to_toml(), 0o644)
+    _write_atomically(conf.conf_path(config), conf.render(config), 0o644)
     return config
 
 
-def _prepare_storage(config: Config) -> None:
-    storage = config.storage_dir
-    if not storage.is_dir():
-        if storage.exists() or config.is_explicit("storage_dir"):
-            raise CommandError(
-                ExitCode.CANTCREAT,
-                f"An existing Storage SCP directory must be specified: {storage}"
-                + (" is not a directory" if storage.exists() else " does not exist"),
-            )
-        storage.mkdir(mode=int(config.dir_mode), parents=True)  # the default ./storage, first run
-    if not os.access(storage, os.W_OK | os.X_OK):
-        raise CommandError(
-            ExitCode.CANTCREAT,
-            f"An existing Storage SCP directory must be specified: {storage}"
-            f" is not writable by uid {os.geteuid()}",
-        )
-    try:
-        config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
-    except OSError as exc:
-        raise CommandError(
-            ExitCode.CANTCREAT, f"depot {config.depot_dir} cannot be created: {exc.strerror}"
-        ) from None
-
-
-def _with_port(config: Config) -> Config:
-    """Fail early if a port is taken; turn port 0 into a free port (plain and TLS)."""
-    with contextlib.ExitStack() as probes:
-        # Both probes stay bound until both ports are known: never the same free port twice.
-        port = _probe_port(probes, config.host, config.port, "port")
-        tls = config.tls
-        if tls is not None:
-            tls = replace(tls, port=_probe_port(probes, config.host, tls.port, "[tls] port"))
-    return replace(config, port=port, tls=tls)
-
-
-def _probe_port(probes: contextlib.ExitStack, host: str, port: int, key: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind((host, port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise CommandError(
-                ExitCode.UNAVAILABLE, f"{key} {port} on {host} is already in use"
-            ) from None
-        raise CommandError(
-            ExitCode.UNAVAILABLE, f"cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    return int(probe.getsockname()[1])
-
-
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, mode: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _leftovers_timeout_s(config: Config) -> float:
+    """A draining receiver of a dead supervisord takes up to drain_timeout_s."""
+    return math.ceil(config.drain_timeout_s) + 15.0
+
+
+def _refuse_leftovers(config: Config) -> None:
+    left = preflight.wait_for_leftovers(config, _leftovers_timeout_s(config))
+    if left:
+        names = ", ".join(f"{name} pid {pid}" for name, pid in left)
+        raise CommandError(
+            ExitCode.UNAVAILABLE,
+            f"components of a previous run are still running ({names}); stop them first",
+        )
 
 
 def _supervisord_argv(config: Config, nodaemon: bool) -> list[str]:
@@ -179,7 +170,14 @@ def cmd_config(config: Config) -> int:
 
 
 def cmd_run(config: Config) -> int:
+    if control.is_running(config):
+        raise CommandError(ExitCode.UNAVAILABLE, "service already running")
+    _refuse_leftovers(config)
+    stale_pid = preflight.stale_supervisord_pid(conf.pidfile_path(config))
     config = prepare(config)
+    if stale_pid is not None:
+        # No logger yet, and this process becomes supervisord: say it here.
+        print(f"storscp: the previous supervisord (pid {stale_pid}) ended without a stop")
     print(
         f"storscp {__version__}: serving {config.ae_title} on {config.host}:{config.port},"
         f" storage {config.storage_dir}, logs {config.log_dir}",
@@ -188,31 +186,104 @@ def cmd_run(config: Config) -> int:
     # supervisord takes over this process: SIGTERM/SIGINT reach it directly.
     argv = _supervisord_argv(config, nodaemon=True)
     os.execv(argv[0], argv)
-    return ExitCode.SOFTWARE  # not reached
 
 
 def cmd_start(config: Config) -> int:
-    try:
-        config = prepare(config)
-    except CommandError as exc:
-        if str(exc) == "service already running":
-            print("service already running")
-            return ExitCode.OK
-        print(f"start failed: {exc}", file=sys.stderr)
-        return exc.code
-    _write_atomically(conf.conf_path(config), conf.render(config, nodaemon=False))
-    result = subprocess.run(
-        _supervisord_argv(config, nodaemon=False), capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        reason = (result.stderr or result.stdout).strip().splitlines()
-        print(f"start failed: {reason[-1] if reason else 'supervisord exited'}", file=sys.stderr)
-        return ExitCode.SOFTWARE
-    if not _wait_for(lambda: control.is_running(config), START_TIMEOUT_S):
-        print("start failed: supervisord did not come up", file=sys.stderr)
-        return ExitCode.SOFTWARE
+    if control.is_running(config):
+        print("service already running")
+        return ExitCode.OK
+    _refuse_leftovers(config)
+    stale_pid = preflight.stale_supervisord_pid(conf.pidfile_path(config))
+    config = prepare(config)
+    _launch(config)
+    _wait_until_started(config, control.supervisord_pid(config), old_pids=set())
+    if stale_pid is not None:
+        _report_unclean_end(config, stale_pid)
     print("start request issued")
     return ExitCode.OK
+
+
+def _launch(config: Config) -> None:
+    """Start supervisord, which daemonises once its control socket is open."""
+    try:
+        result = subprocess.run(
+            _supervisord_argv(config, nodaemon=False),
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise CommandError(ExitCode.SOFTWARE, "supervisord did not daemonise") from None
+    if result.returncode != 0:
+        said = (result.stderr or result.stdout).strip().splitlines()
+        raise CommandError(
+            ExitCode.SOFTWARE,
+            f"supervisord: {said[-1] if said else f'exited with {result.returncode}'}",
+        )
+    if not _wait_for(lambda: control.is_running(config), START_TIMEOUT_S):
+        reason = last_line(conf.log_path(config)) or "no reason in its log"
+        raise CommandError(ExitCode.SOFTWARE, f"supervisord did not come up: {reason}")
+
+
+def _wait_until_started(config: Config, supervisord: int, old_pids: set[int]) -> None:
+    """Wait until every process is RUNNING, none of them with one of `old_pids`.
+
+    A FATAL process fails the start, and so does waiting too long: supervisord
+    is shut down again (no half service is left behind) and the reason is the
+    failed process's last words.
+    """
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            infos = control.process_infos(config)
+        except control.NotRunning:
+            if not preflight.pid_alive(supervisord):
+                reason = last_line(conf.log_path(config)) or "no reason in its log"
+                raise CommandError(ExitCode.SOFTWARE, f"supervisord exited: {reason}") from None
+            infos = []  # restarting: the socket comes back shortly
+        fatal = [p for p in infos if p.state == "FATAL"]
+        if fatal:
+            code, reason = _failure_of(config, fatal[0])
+            _shutdown_and_wait(config)
+            raise CommandError(code, f"{fatal[0].name}: {reason}")
+        if infos and all(p.state == "RUNNING" and p.pid not in old_pids for p in infos):
+            return
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"{p.name} {p.state}" for p in infos if p.state != "RUNNING")
+            _shutdown_and_wait(config)
+            raise CommandError(
+                ExitCode.SOFTWARE,
+                f"not all components RUNNING after {START_TIMEOUT_S:.0f}s ({waiting or 'none'})",
+            )
+        time.sleep(POLL_S)
+
+
+def _failure_of(config: Config, info: control.ProcessInfo) -> tuple[ExitCode, str]:
+    """Exit code and reason of a process that would not start."""
+    ended = last_exit(conf.log_path(config), info.process)
+    reason = startup_reason(conf.child_log_path(config.run_dir, info.process))
+    if reason is None:
+        reason = info.spawnerr or (ended.text if ended else "no reason given")
+    known = {int(code) for code in ExitCode}
+    if ended is not None and ended.exit_status is not None and ended.exit_status in known:
+        return ExitCode(ended.exit_status), reason
+    return ExitCode.SOFTWARE, reason
+
+
+def _report_unclean_end(config: Config, stale_pid: int) -> None:
+    """Put on record that the previous supervisord ended without a stop."""
+    from storscp.outbox import Outbox  # zmq only when there is something to say
+
+    outbox = Outbox(bus.Proc.CLI, {"logger": bus.logger_endpoint(config.run_dir)})
+    outbox.start()
+    outbox.event(
+        bus.EventType.ERROR,
+        what="previous supervisord ended without a stop",
+        pid=stale_pid,
+        reason="its pidfile was left behind; its components were stopped by the kernel",
+    )
+    outbox.close()
 
 
 def cmd_stop(config: Config) -> int:
@@ -222,17 +293,70 @@ def cmd_stop(config: Config) -> int:
     except control.NotRunning:
         print("service not running")
         return ExitCode.OK
-    _wait_for(lambda: not _pid_alive(pid), STOP_TIMEOUT_S)
+    timeout_s = _stop_timeout_s(config)
+    if not _wait_for(lambda: not preflight.pid_alive(pid), timeout_s):
+        print(
+            f"stop failed: supervisord pid {pid} still running after {timeout_s:.0f}s",
+            file=sys.stderr,
+        )
+        return ExitCode.SOFTWARE
     print("stop request issued")
     return ExitCode.OK
 
 
+def _shutdown_and_wait(config: Config) -> None:
+    try:
+        pid = control.supervisord_pid(config)
+        control.shutdown(config)
+    except control.NotRunning:
+        return
+    _wait_for(lambda: not preflight.pid_alive(pid), _stop_timeout_s(config))
+
+
+def _stop_timeout_s(config: Config) -> float:
+    """Supervisor stops one program at a time, each within its stopwaitsecs."""
+    return sum(spec.stopwaitsecs for spec in conf.program_specs(config).values()) + 15.0
+
+
 def cmd_restart(config: Config) -> int:
-    if control.is_running(config):
-        code = cmd_stop(config)
-        if code != ExitCode.OK:
-            return code
-    return cmd_start(config)
+    """Restart in place: supervisord re-reads the (re-rendered) conf and starts all."""
+    try:
+        running = load_running(config)
+    except control.NotRunning:
+        return cmd_start(config)
+    try:
+        preflight.check_run_dir_is_ours(config)
+    except NotPermitted:
+        # An admin_group member may restart, but not change what root runs.
+        if _same_service(config, running):
+            config = running
+        else:
+            raise
+    else:
+        config = prepare(config, running=running)
+    supervisord = control.supervisord_pid(config)
+    old_pids = {p.pid for p in control.process_infos(config) if p.pid}
+    control.restart(config)
+    _wait_until_started(config, supervisord, old_pids)
+    print("restart request issued")
+    return ExitCode.OK
+
+
+def load_running(config: Config) -> Config:
+    """The effective configuration of the running service (NotRunning if none)."""
+    control.state(config)
+    try:
+        return load(config.effective_path)
+    except ConfigError as exc:
+        raise CommandError(
+            ExitCode.SOFTWARE, f"cannot read the running configuration: {exc}"
+        ) from None
+
+
+def _same_service(new: Config, running: Config) -> bool:
+    if new.port == 0:
+        new = replace(new, port=running.port)
+    return new == running
 
 
 def cmd_status(config: Config) -> int:
@@ -240,22 +364,32 @@ def cmd_status(config: Config) -> int:
         infos = control.process_infos(config)
     except control.NotRunning:
         print("service not running")
-        return 3  # LSB: program is not running
-    degraded = any(p.state in {"FATAL", "BACKOFF"} for p in infos)
+        return STATUS_NOT_RUNNING
+    order = {name: i for i, name in enumerate(conf.ALL_PROGRAMS)}
+    infos.sort(key=lambda p: (order.get(p.group, len(order)), p.name))
+    degraded = any(p.state not in {"RUNNING", "STARTING"} for p in infos)
     print("service degraded" if degraded else "service running")
+    width = max([len(p.name) for p in infos] + [9])
     for p in infos:
-        print(f"  {p.name:<10} {p.state:<9} {p.description}")
-    return 1 if degraded else ExitCode.OK
+        print(f"  {p.name:<{width}}  {p.state:<8}  {_details(config, p)}")
+    return STATUS_DEGRADED if degraded else STATUS_RUNNING
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _details(config: Config, p: control.ProcessInfo) -> str:
+    if p.state in {"RUNNING", "STARTING", "STOPPING"} and p.pid:
+        return f"pid {p.pid:<7}  uptime {_hms(p.uptime_s)}"
+    ended = last_exit(conf.log_path(config), p.process)
+    how = ended.text if ended else (p.spawnerr or p.description)
+    if p.state in {"FATAL", "BACKOFF"}:
+        reason = startup_reason(conf.child_log_path(config.run_dir, p.process))
+        if reason:
+            return f"{how}: {reason}"
+    return how
+
+
+def _hms(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -263,8 +397,8 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.1)
-    return False
+        time.sleep(POLL_S)
+    return predicate()
 
 
 COMMANDS: dict[str, Callable[[Config], int]] = {

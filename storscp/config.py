@@ -9,8 +9,10 @@ This module imports nothing from the process packages.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +30,8 @@ MAX_IPC_PATH_BYTES = 100
 _AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 _EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# POSIX portable user and group names (useradd's default rule, plus a trailing $).
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 
 
 class ConfigError(Exception):
@@ -61,6 +65,10 @@ class TlsConfig:
     private_key: Path
     ca_file: Path | None = None
     min_version: str = "1.2"
+
+
+class ConfigNotReadable(ConfigError):
+    """The file exists but is not ours to read: a permission matter, not a typo."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,10 @@ class Config:
     drain_timeout_s: float = 20.0
     remote_ae: tuple[RemoteAE, ...] = ()
     tls: TlsConfig | None = None
+    # Members of this group may use the control socket (status, stop, restart).
+    admin_group: str = ""
+    # Run the components as this account (supervisord itself stays root).
+    user: str = ""
     _source: str = field(default="defaults", compare=False, repr=False)
     _explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -120,6 +132,11 @@ class Config:
     @property
     def effective_path(self) -> Path:
         return self.run_dir / EFFECTIVE_CONFIG_NAME
+
+    @property
+    def bus_dir(self) -> Path:
+        """The components' ZeroMQ sockets: writable by `user`, unlike run_dir."""
+        return self.run_dir / "bus"  # bus.BUS_DIR_NAME; config.py must not import bus
 
     def is_explicit(self, key: str) -> bool:
         """Whether the file or a flag set `key` (else it is the default)."""
@@ -154,6 +171,8 @@ KEYS: dict[str, tuple[type, str]] = {
     "dir_mode": (Octal, "mode of directories we create, octal"),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
+    "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
+    "user": (str, "account the components run as (empty: the one starting them)"),
 }
 
 
@@ -199,7 +218,7 @@ def load(
         except FileNotFoundError:
             raise ConfigError(f"{path}: configuration file not found") from None
         except PermissionError:
-            raise ConfigError(f"{path}: configuration file is not readable") from None
+            raise ConfigNotReadable(f"{path}: configuration file is not readable") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for key, value in (overrides or {}).items():
@@ -406,7 +425,8 @@ def validate(config: Config) -> None:
         )
     if config.tls is not None:
         _validate_tls(src, config)
-    longest = config.run_dir / "committer.sock"
+    _validate_accounts(config)
+    longest = config.bus_dir / "committer.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
         raise ConfigError(
             f"{src}: key 'run_dir' is too long for a Unix socket path"
@@ -423,6 +443,28 @@ def _validate_tls(src: str, config: Config) -> None:
         path = getattr(tls, key)
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
+
+
+def _validate_accounts(config: Config) -> None:
+    """`user` and `admin_group` must name an account that exists here."""
+    src = config._source
+    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
+        if value and not _ACCOUNT_RE.match(value):
+            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
+    if config.user:
+        try:
+            pwd.getpwnam(config.user)
+        except KeyError:
+            raise ConfigError(
+                f"{src}: key 'user' names no user on this system: {config.user!r}"
+            ) from None
+    if config.admin_group:
+        try:
+            grp.getgrnam(config.admin_group)
+        except KeyError:
+            raise ConfigError(
+                f"{src}: key 'admin_group' names no group on this system: {config.admin_group!r}"
+            ) from None
 
 
 def _is_host(host: str) -> bool:

@@ -45,3 +45,22 @@ def service_factory(short_tmp: Path) -> Iterator[type[Service]]:
 def service(service_factory: type[Service]) -> Service:
     """A running service on its defaults (loopback, free port)."""
     return service_factory().start()
+
+
+CRASH_REPORT = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def crash_report(request: pytest.FixtureRequest) -> list[str]:
+    """Lines for the end-of-run table of what each kill test sent, got back and found."""
+    return request.config.stash.setdefault(CRASH_REPORT, [])
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    rows = config.stash.get(CRASH_REPORT, [])
+    if rows:
+        terminalreporter.section("crash tests: instances sent / acknowledged / found")
+        for row in rows:
+            terminalreporter.write_line(row)

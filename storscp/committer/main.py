@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         stop = StopFlag()
         stop.install()
         die_with_parent()
+        if not config.storage_dir.is_dir():
+            raise StartupFailure(
+                ExitCode.CANTCREAT,
+                f"An existing Storage SCP directory must be specified: {config.storage_dir}"
+                " does not exist or is not a directory",
+            )
         if not config.depot_dir.is_dir():
             config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
     except StartupFailure as exc:

@@ -46,7 +46,8 @@ class Receiver:
         self.parts = PartPool(self.depot_dir, int(config.file_mode))
         self.negotiator = Negotiator(config.max_pdu_bytes)
         self.limits = StoreLimits(config.max_instance_bytes, config.min_free_bytes)
-        self.slots = AssociationSlots(config.run_dir, config.max_associations)
+        # In bus_dir: the one part of run_dir the components' account may write.
+        self.slots = AssociationSlots(config.bus_dir, config.max_associations)
         self.allowed_hosts = resolve_remote_hosts(config)
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()

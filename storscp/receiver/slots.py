@@ -1,6 +1,6 @@
 """At most `max_associations` associations across all receiver processes.
 
-One byte of `<run_dir>/association-slots` per slot; an association holds a
+One byte of `<run_dir>/bus/association-slots` per slot; an association holds a
 POSIX record lock on its byte. The kernel drops a dead receiver's locks, so
 a crash never leaks a slot. POSIX locks belong to the process, not the
 thread, so each process also remembers which slots its threads hold.
@@ -17,11 +17,11 @@ SLOTS_NAME = "association-slots"
 
 
 class AssociationSlots:
-    def __init__(self, run_dir: Path, count: int) -> None:
+    def __init__(self, directory: Path, count: int) -> None:
         self.count = count
         # Never closed while the process lives: closing any descriptor of the
         # file would release every lock this process holds on it.
-        self._fd = os.open(run_dir / SLOTS_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(directory / SLOTS_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if os.fstat(self._fd).st_size < count:
             os.ftruncate(self._fd, count)
         self._held: set[int] = set()

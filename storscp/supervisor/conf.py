@@ -1,14 +1,20 @@
 """Render `<run_dir>/supervisord.conf` from the Config.
 
 A normal Supervisor file: `supervisorctl -c <run_dir>/supervisord.conf
-status` works on it. Programs start logger -> committer -> receiver (and
-stop in reverse); the listener sees every state change. `stopwaitsecs`
-follows the drain timeout so a graceful stop is never cut short by SIGKILL.
+status` works on it. Programs start logger -> committer -> receiver and stop
+in reverse (Supervisor stops one priority group at a time, highest first);
+the listener starts first and stops last, so it sees every state change.
+`stopwaitsecs` of the receiver follows the drain timeout, so a graceful stop
+is never cut short by SIGKILL.
 """
 
 from __future__ import annotations
 
+import grp
+import math
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from storscp.config import Config
@@ -16,12 +22,45 @@ from storscp.config import Config
 SOCKET_NAME = "supervisor.sock"
 PIDFILE_NAME = "supervisord.pid"
 CONF_NAME = "supervisord.conf"
+LOG_NAME = "supervisord.log"
 
-# Seconds a component must stay up to count as started: long enough that a
-# component failing at start-up (bad config, port taken) is retried and then
-# marked FATAL, instead of being restarted for ever.
-STARTSECS = 2
-STARTRETRIES = 3
+# Start order; the listener is an [eventlistener], the others [program]s.
+PROGRAMS = ("logger", "committer", "receiver")
+ALL_PROGRAMS = ("listener", *PROGRAMS)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpec:
+    """How Supervisor runs one program, and why these numbers."""
+
+    module: str
+    priority: int
+    # Seconds a process must stay up to count as started. Every component
+    # does its start-up checks (config, lock, directories, bind) within a
+    # fraction of a second, so a process that exits sooner failed to start:
+    # Supervisor retries `startretries` times, then marks it FATAL instead of
+    # restarting it for ever. Keep these short: they are also how long a
+    # restarted component takes to be RUNNING again.
+    startsecs: int
+    startretries: int
+    stopwaitsecs: int
+
+
+def program_specs(config: Config) -> dict[str, ProgramSpec]:
+    """The four programs, in start order."""
+    drain_s = math.ceil(config.drain_timeout_s)
+    return {
+        # Stops last: reports the others' exits until the very end.
+        "listener": ProgramSpec("storscp.supervisor", 1, 1, 3, stopwaitsecs=5),
+        # Lock + bind only; its drain on stop is about a second.
+        "logger": ProgramSpec("storscp.logger", 10, 1, 3, stopwaitsecs=10),
+        # Its start-up sweep may be long after a crash, but it stays up meanwhile;
+        # on stop it commits what is ready, a rename and an fsync per batch.
+        "committer": ProgramSpec("storscp.committer", 20, 2, 3, stopwaitsecs=30),
+        # pynetdicom's import and the AE take longest; on stop it lets
+        # associations finish for drain_timeout_s, then aborts the rest.
+        "receiver": ProgramSpec("storscp.receiver", 30, 3, 3, stopwaitsecs=drain_s + 10),
+    }
 
 
 def socket_path(config: Config) -> Path:
@@ -36,51 +75,89 @@ def pidfile_path(config: Config) -> Path:
     return config.run_dir / PIDFILE_NAME
 
 
-def _program(
-    name: str, config: Config, *, priority: int, stopwaitsecs: int, numprocs: int = 1
-) -> str:
-    run = config.run_dir
-    # Several processes of one program need distinct names: receiver:receiver_0, ...
-    process_name = "%(program_name)s" if numprocs == 1 else "%(program_name)s_%(process_num)d"
-    log_name = name if numprocs == 1 else f"{name}_%(process_num)d"
-    return f"""
-[program:{name}]
-command={sys.executable} -m storscp.{name} -c {config.effective_path}
-process_name={process_name}
-numprocs={numprocs}
-priority={priority}
-autostart=true
-autorestart=true
-startsecs={STARTSECS}
-startretries={STARTRETRIES}
-stopsignal=TERM
-stopwaitsecs={stopwaitsecs}
-stopasgroup=true
-killasgroup=true
-redirect_stderr=true
-stdout_logfile={run}/{log_name}.out.log
-stdout_logfile_maxbytes=10MB
-stdout_logfile_backups=5
-environment=PYTHONUNBUFFERED="1"
-"""
+def log_path(config: Config) -> Path:
+    return log_path_in(config.run_dir)
 
 
-def render(config: Config, nodaemon: bool) -> str:
-    """The whole supervisord.conf for `config`."""
+def log_path_in(run_dir: Path) -> Path:
+    """supervisord's own log, where it records how each process ended."""
+    return run_dir / LOG_NAME
+
+
+def child_log_path(run_dir: Path, process_name: str) -> Path:
+    """Where a process's stdout and stderr go (the listener: stderr only)."""
+    if process_name == "listener":
+        return run_dir / "listener.err.log"
+    return run_dir / f"{process_name}.out.log"
+
+
+def socket_mode(config: Config) -> tuple[str, str]:
+    """(chmod, chown) of the control socket: the owner, plus admin_group."""
+    if not config.admin_group:
+        return "0700", f"{os.geteuid()}"
+    return "0770", f"{os.geteuid()}:{grp.getgrnam(config.admin_group).gr_gid}"
+
+
+def _program(name: str, spec: ProgramSpec, config: Config) -> str:
     run = config.run_dir
-    drain = int(config.drain_timeout_s)
+    section = "eventlistener" if name == "listener" else "program"
+    lines = [
+        f"[{section}:{name}]",
+        f"command={sys.executable} -m {spec.module} -c {config.effective_path}",
+        f"priority={spec.priority}",
+        "autostart=true",
+        "autorestart=true",
+        f"startsecs={spec.startsecs}",
+        f"startretries={spec.startretries}",
+        "stopsignal=TERM",
+        f"stopwaitsecs={spec.stopwaitsecs}",
+        "stopasgroup=true",
+        "killasgroup=true",
+    ]
+    processes = config.receiver_count if name == "receiver" else 1
+    if processes > 1:
+        # Several processes of one program need distinct names: receiver:receiver_0, ...
+        lines += [f"numprocs={processes}", "process_name=%(program_name)s_%(process_num)d"]
+    log_file = child_log_path(run, name if processes == 1 else f"{name}_%(process_num)d")
+    if name == "listener":
+        # stdout is the event listener protocol; only stderr is a log.
+        lines += [
+            "events=PROCESS_STATE",
+            "stdout_logfile=NONE",
+            f"stderr_logfile={child_log_path(run, name)}",
+            "stderr_logfile_maxbytes=10MB",
+            "stderr_logfile_backups=5",
+        ]
+    else:
+        lines += [
+            "redirect_stderr=true",
+            f"stdout_logfile={log_file}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=5",
+        ]
+    if config.user:
+        lines.append(f"user={config.user}")
+    lines.append('environment=PYTHONUNBUFFERED="1"')
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def render(config: Config) -> str:
+    """The whole supervisord.conf for `config` (foreground or not is a flag: -n)."""
+    run = config.run_dir
+    chmod, chown = socket_mode(config)
     text = f"""; Generated by storscp from {config.effective_path}; edits are overwritten.
 [unix_http_server]
 file={socket_path(config)}
-chmod=0700
+chmod={chmod}
+chown={chown}
 
 [supervisord]
-logfile={run}/supervisord.log
+logfile={log_path(config)}
 logfile_maxbytes=10MB
 logfile_backups=5
 pidfile={pidfile_path(config)}
 childlogdir={run}
-nodaemon={"true" if nodaemon else "false"}
+nodaemon=false
 identifier=storscp
 silent=true
 
@@ -89,24 +166,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl=unix://{socket_path(config)}
-
-[eventlistener:listener]
-command={sys.executable} -m storscp.supervisor -c {config.effective_path}
-events=PROCESS_STATE
-priority=1
-autostart=true
-autorestart=true
-startsecs={STARTSECS}
-startretries={STARTRETRIES}
-stopwaitsecs=5
-stderr_logfile={run}/listener.err.log
-stderr_logfile_maxbytes=10MB
-stderr_logfile_backups=5
-environment=PYTHONUNBUFFERED="1"
 """
-    text += _program("logger", config, priority=10, stopwaitsecs=10)
-    text += _program("committer", config, priority=20, stopwaitsecs=30)
-    text += _program(
-        "receiver", config, priority=30, stopwaitsecs=drain + 10, numprocs=config.receiver_count
-    )
+    for name, spec in program_specs(config).items():
+        text += _program(name, spec, config)
     return text

@@ -3,8 +3,10 @@
 Runs as a Supervisor event listener. stdout is reserved for the listener
 protocol ("only eventlistener protocol messages may be sent to stdout"), so
 diagnostics go to stderr. An EXITED that Supervisor did not expect, a
-BACKOFF or a FATAL becomes an ERROR with program, pid, states and, where
-Supervisor can tell, the exit status.
+BACKOFF (a start attempt failed) or a FATAL (Supervisor gave up) becomes an
+ERROR with the program, its pid, how it ended (exit status or signal, read
+from supervisord's log: the event does not carry it) and whether that was
+expected. Pushes to the logger endpoint; owns no file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from pathlib import Path
 
 from supervisor import childutils
 
@@ -25,58 +27,64 @@ from storscp.component import (
 )
 from storscp.outbox import Outbox
 from storscp.runtime import die_with_parent
+from storscp.supervisor import conf
+from storscp.supervisor.exits import last_exit, startup_reason
 
 PROC = "listener"
-UNEXPECTED_STATES = {"PROCESS_STATE_BACKOFF", "PROCESS_STATE_FATAL"}
+
+WHAT = {
+    "EXITED": "component exited unexpectedly",
+    "BACKOFF": "component failed to start",
+    "FATAL": "component gave up: too many failed starts",
+}
 
 log = logging.getLogger(__name__)
 
 
-def error_for(eventname: str, payload: dict[str, str]) -> dict[str, bus.FieldValue] | None:
+def error_for(
+    eventname: str, payload: dict[str, str], run_dir: Path
+) -> dict[str, bus.FieldValue] | None:
     """The ERROR fields for a state change worth reporting, else None."""
-    if eventname == "PROCESS_STATE_EXITED":
-        if payload.get("expected") == "1":
-            return None
-    elif eventname not in UNEXPECTED_STATES:
-        return None
     state = eventname.removeprefix("PROCESS_STATE_")
-    fields: dict[str, bus.FieldValue] = {
-        "what": f"component {state.lower()}",
-        "program": payload.get("processname", ""),
-        "group": payload.get("groupname", ""),
-        "from_state": payload.get("from_state", ""),
-        "to_state": state,
-        "expected": payload.get("expected") == "1" if state == "EXITED" else False,
-    }
-    if "pid" in payload:
-        fields["pid"] = payload["pid"]
+    if state not in WHAT:
+        return None
+    if state == "EXITED" and payload.get("expected") == "1":
+        return None  # an exit code listed as expected: not an error
+    process = payload.get("processname", "")
+    group = payload.get("groupname", "") or process
+    fields: dict[str, bus.FieldValue] = {"what": WHAT[state], "program": group}
+    if process != group:
+        fields["process"] = process  # receiver:receiver_0 and the like
+    # EXITED names the pid; BACKOFF and FATAL come after the process is gone.
+    ended = last_exit(conf.log_path_in(run_dir), process)
+    pid = payload.get("pid") or (str(ended.pid) if ended and ended.pid else None)
+    if pid is not None:
+        fields["pid"] = int(pid)
+    if ended is not None:
+        if ended.exit_status is not None:
+            fields["exit_status"] = ended.exit_status
+        if ended.signal is not None:
+            fields["signal"] = ended.signal
+    fields["expected"] = False
+    fields["from_state"] = payload.get("from_state", "")
+    fields["to_state"] = state
     if "tries" in payload:
-        fields["tries"] = payload["tries"]
+        fields["tries"] = int(payload["tries"])
+    if state != "EXITED":
+        # A start-up failure says why on its stderr, the last line of its log.
+        reason = startup_reason(conf.child_log_path(run_dir, process))
+        if reason is not None:
+            fields["reason"] = reason
     return fields
 
 
-def exit_status(program: str, group: str) -> Any:
-    """Ask supervisord for the exit status of the process that just ended."""
-    try:
-        rpc = childutils.getRPCInterface(os.environ)
-        info = rpc.supervisor.getProcessInfo(f"{group}:{program}")
-        return info.get("exitstatus")
-    except Exception as exc:  # supervisord busy or going away: report without it
-        log.debug("no exit status for %s: %s", program, exc)
-        return None
-
-
-def serve(outbox: Outbox) -> None:
+def serve(outbox: Outbox, run_dir: Path) -> None:
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
         try:
             body = childutils.get_headers(payload.split("\n", 1)[0])
-            fields = error_for(headers.get("eventname", ""), body)
+            fields = error_for(headers.get("eventname", ""), body, run_dir)
             if fields is not None:
-                if fields["to_state"] == "EXITED":
-                    status = exit_status(str(fields["program"]), str(fields["group"]))
-                    if status is not None:
-                        fields["exit_status"] = status
                 outbox.event(bus.EventType.ERROR, **fields)
         except Exception:  # never let one odd event stop the listener
             log.exception("cannot handle event %r", headers)
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     outbox = make_outbox(PROC, config)
     outbox.event(bus.EventType.START, pid=os.getpid())
     try:
-        serve(outbox)
+        serve(outbox, config.run_dir)
     except (EOFError, KeyboardInterrupt, BrokenPipeError, ValueError, KeyError):
         # stdin closed: supervisord is going away.
         pass

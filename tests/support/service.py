@@ -1,8 +1,10 @@
-"""Run a real storscp service (`storscp run`) for a test, and read its logs.
+"""Run a real storscp service for a test, and read its logs and its state.
 
-The service runs in its own session on a free loopback port (port 0; the
-port is read from the receiver's START event). Teardown stops it with
-SIGTERM, waits, and fails the test if any process it started is still alive.
+`start()` runs `storscp run` (supervisord in the foreground, in its own
+session); `start_daemon()` runs `storscp start`. Either way the service is on
+a free loopback port (port 0; the port is read from the receiver's START
+event). Teardown stops it (SIGTERM or `storscp stop`), waits, and fails the
+test if any process it started is still alive.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +26,13 @@ T = TypeVar("T")
 
 STORSCP = str(Path(sys.executable).with_name("storscp"))
 SUPERVISORCTL = str(Path(sys.executable).with_name("supervisorctl"))
+COMPONENTS = ("listener", "logger", "committer", "receiver")
+COMPONENT_MODULES = {
+    "listener": "storscp.supervisor",
+    "logger": "storscp.logger",
+    "committer": "storscp.committer",
+    "receiver": "storscp.receiver",
+}
 
 
 def poll_for(
@@ -44,6 +54,35 @@ def short_tempdir(prefix: str = "st") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One line of `supervisorctl status`: `receiver` or `receiver:receiver_0`."""
+
+    name: str
+    state: str
+    pid: int | None
+
+    @property
+    def program(self) -> str:
+        """The program (Supervisor group) a process belongs to."""
+        return self.name.split(":", 1)[0]
+
+
+def parse_supervisorctl_status(text: str) -> list[ProcessStatus]:
+    """Parse `supervisorctl status` output; copes with `group:process` names."""
+    out: list[ProcessStatus] = []
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[1].isupper():
+            continue
+        pid = None
+        rest = parts[2] if len(parts) > 2 else ""
+        if rest.startswith("pid "):
+            pid = int(rest[4:].split(",", 1)[0])
+        out.append(ProcessStatus(parts[0], parts[1], pid))
+    return out
+
+
 def toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -55,8 +94,18 @@ def toml_value(value: object) -> str:
 class Service:
     """One storscp service under test."""
 
-    def __init__(self, root: Path, **keys: object) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cli: Sequence[str] = (STORSCP,),
+        env: Mapping[str, str] | None = None,
+        **keys: object,
+    ) -> None:
+        """`cli` and `env` say how to run the storscp command (default: the venv's)."""
         self.root = root
+        self.cli_argv = list(cli)
+        self.env = dict(env) if env is not None else None
         self.storage_dir = root / "storage"
         self.log_dir = root / "log"
         self.run_dir = root / "run"
@@ -75,6 +124,7 @@ class Service:
         self.port = 0
         self.tls_port = 0
         self.pids: set[int] = set()
+        self.supervisord_pids: set[int] = set()
         self.extension = str(self.keys.get("extension", ".dcm"))
 
     @property
@@ -97,19 +147,42 @@ class Service:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout_s: float = 30.0) -> Service:
+        """`storscp run` in its own session; returns once all four components STARTed."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
+        starts_before = len(self.events("START"))
         out = open(self.root / "storscp-run.out", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [STORSCP, "run", "-c", str(self.config_path)],
+            [*self.cli_argv, "run", "-c", str(self.config_path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=self.env,
         )
         out.close()
+        self.supervisord_pids.add(self.proc.pid)
         poll_for(
-            lambda: self._all_started() or self._died(), timeout_s, "all four components to START"
+            lambda: self._all_started(starts_before) or self._died(),
+            timeout_s,
+            "all four components to START",
         )
+        self._read_port()
+        return self
+
+    def start_daemon(self, timeout_s: float = 30.0) -> Service:
+        """`storscp start`; returns once it said so and all four components STARTed."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        starts_before = len(self.events("START"))
+        result = self.command("start", timeout_s=120)
+        assert result.returncode == 0, f"storscp start: {result.stdout}{result.stderr}"
+        assert result.stdout.strip().splitlines()[-1] == "start request issued", result.stdout
+        self.supervisord_pids.add(self.supervisord_pid())
+        poll_for(lambda: self._all_started(starts_before), timeout_s, "all four components")
+        self._read_port()
+        return self
+
+    def _read_port(self) -> None:
         receiver = self.last_start("receiver")
         assert receiver is not None
         self.port = int(receiver["port"])
@@ -117,16 +190,43 @@ class Service:
         self.tls_port = int(tls_port) if tls_port else 0
         return self
 
+    def receiver_count(self) -> int:
+        """How many receiver processes this service runs (`receivers`, 0: one per core)."""
+        return int(str(self.keys.get("receivers", 0))) or (os.cpu_count() or 1)
+
+    def current_port(self) -> int:
+        """The port of the latest receiver START (it changes when a fresh start picks one)."""
+        receiver = self.last_start("receiver")
+        return int(receiver["port"]) if receiver is not None else self.port
+
+    def command(
+        self, *args: str, timeout_s: float = 120, prefix: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """`storscp <args> -c storscp.toml`, optionally behind `prefix` (runuser ...)."""
+        return subprocess.run(
+            [*prefix, *self.cli_argv, *args, "-c", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=self.env,
+            cwd=self.root,
+        )
+
+    def supervisord_pid(self) -> int:
+        return int((self.run_dir / "supervisord.pid").read_text().strip())
+
     def _died(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"storscp run exited with {self.proc.returncode}: {self.output()}")
         return False
 
-    def _all_started(self) -> bool:
-        procs = {e["proc"] for e in self.events("START")}
-        for e in self.events("START"):
+    def _all_started(self, after: int = 0) -> bool:
+        """Whether all four components STARTed among the START events after the first `after`."""
+        starts = self.events("START")
+        for e in starts:
             if "pid" in e.fields:
                 self.pids.add(int(e["pid"]))
+        procs = {e["proc"] for e in starts[after:]}
         return {"receiver", "committer", "logger", "listener"} <= procs
 
     def output(self) -> str:
@@ -193,7 +293,7 @@ class Service:
         Receivers keep a few empty `*.part` files created in advance (they
         are removed at stop); those hold nothing and are not listed.
         """
-        if not self.depot_dir.exists():
+        if not self.depot_dir.is_dir():
             return []
         held = []
         for entry in os.scandir(self.depot_dir):
@@ -215,39 +315,85 @@ class Service:
             timeout=60,
         )
 
-    def stop(self, timeout_s: float = 60.0, clean_depot: bool = True) -> None:
-        """SIGTERM supervisord; then make sure nothing we started survives.
+    def process_statuses(self) -> list[ProcessStatus]:
+        return parse_supervisorctl_status(self.supervisorctl("status").stdout)
+
+    def program_processes(self, program: str) -> list[ProcessStatus]:
+        """Every process of `program` (one, or several with numprocs)."""
+        return [p for p in self.process_statuses() if p.program == program]
+
+    def running_pids(self, program: str) -> list[int]:
+        return [p.pid for p in self.program_processes(program) if p.state == "RUNNING" and p.pid]
+
+    def wait_running_again(self, program: str, killed_pid: int, timeout_s: float) -> float:
+        """Poll until every process of `program` is RUNNING with a new pid; seconds taken."""
+        started = time.monotonic()
+
+        def recovered() -> bool:
+            procs = self.program_processes(program)
+            return bool(procs) and all(
+                p.state == "RUNNING" and p.pid not in (None, killed_pid) for p in procs
+            )
+
+        poll_for(recovered, timeout_s, f"{program} RUNNING again", interval_s=0.1)
+        return time.monotonic() - started
+
+    def is_up(self) -> bool:
+        """Whether a supervisord answers on this service's control socket."""
+        return self.command("status", timeout_s=60).returncode in (0, 1)
+
+    def stop(self, timeout_s: float = 90.0, clean_depot: bool = True) -> None:
+        """Stop supervisord, however it was started; then make sure nothing survives.
 
         After a stop no instance data may be left in the depot: everything
         acknowledged was committed.
         """
-        proc = self.proc
-        if proc is None:
-            return
         self._all_started()
-        if proc.poll() is None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        leftover = self.live_components()
+        self.proc = None
+        if self.config_path.exists() and self.is_up():
+            with_pidfile = (self.run_dir / "supervisord.pid").exists()
+            if with_pidfile:
+                self.supervisord_pids.add(self.supervisord_pid())
+            result = self.command("stop", timeout_s=timeout_s)
+            assert result.returncode == 0, f"storscp stop: {result.stdout}{result.stderr}"
+        leftover = self.live_processes()
         deadline = time.monotonic() + 10
         while leftover and time.monotonic() < deadline:
             time.sleep(0.1)
-            leftover = self.live_components()
+            leftover = self.live_processes()
         for pid in leftover:
             os.kill(pid, signal.SIGKILL)
-        self.proc = None
-        assert not leftover, f"components still alive after stop: {leftover}"
+        assert not leftover, f"processes still alive after stop: {leftover}"
         if clean_depot:
             remaining = self.depot_entries()
             assert not remaining, f"instance data left in the depot after stop: {remaining}"
 
-    def live_components(self) -> list[int]:
-        """Component pids of this service (by their config path) still running."""
-        return [p for p in self.pids if _alive(p) and _cmdline_has(p, str(self.run_dir))]
+    def live_processes(self) -> list[int]:
+        """supervisord and component pids of this service (by run_dir) still running."""
+        pids = self.pids | self.supervisord_pids
+        return sorted(p for p in pids if _alive(p) and _cmdline_has(p, str(self.run_dir)))
+
+    def live_components(self, program: str | None = None) -> list[int]:
+        """Live processes of this service's components, found in /proc by their argv."""
+        target = str(self.run_dir / "effective.toml")
+        modules = {COMPONENT_MODULES[program]} if program else set(COMPONENT_MODULES.values())
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            argv = _cmdline(int(entry))
+            matches = len(argv) >= 4 and argv[-1] == target and argv[-3] in modules
+            if matches and _alive(int(entry)):
+                found.append(int(entry))
+        return sorted(found)
 
 
 def _cmdline_has(pid: int, text: str) -> bool:
@@ -256,6 +402,19 @@ def _cmdline_has(pid: int, text: str) -> bool:
             return text.encode() in fh.read()
     except FileNotFoundError:
         return False
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [part.decode(errors="replace") for part in fh.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:

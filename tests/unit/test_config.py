@@ -110,3 +110,22 @@ def test_table_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> No
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load(path, base_dir=tmp_path)
+
+
+def test_user_and_admin_group_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('user = "no-such-user-here"\n')
+    with pytest.raises(ConfigError, match=f"{path}: key 'user' names no user"):
+        load(path, base_dir=tmp_path)
+    path.write_text('admin_group = "no-such-group-here"\n')
+    with pytest.raises(ConfigError, match=f"{path}: key 'admin_group' names no group"):
+        load(path, base_dir=tmp_path)
+    path.write_text('user = "root; rm"\n')
+    with pytest.raises(ConfigError, match="key 'user' must be an account name"):
+        load(path, base_dir=tmp_path)
+
+
+def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
+    config = load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path)
+    assert (config.user, config.admin_group) == ("root", "root")
+    assert load(None, base_dir=tmp_path).user == ""
