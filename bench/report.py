@@ -9,21 +9,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import pydicom
 import pynetdicom
 
-from bench.stats import Run, Spread, percentile, time_ratios
+from bench.stats import LatencyRun, Run, Spread, percentile, time_ratios
 
 LATENCY_TARGET_P99_S = 0.100
 REPO = Path(__file__).resolve().parent.parent
-
-
-class LatencyLike(Protocol):
-    instances: int
-    wall_s: float
-    latencies_s: list[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +121,27 @@ def _table(runs: list[Run], scenarios: dict[str, str], servers: list[str], refer
                 f"| {_spread([r.cpu_percent for r in mine])} "
                 f"| {largest:.1f} / {total:.1f} | {ratio} |"
             )
-    return head + "\n".join(rows) + "\n"
+    largest_of = "; ".join(
+        f"{server}: `{_most_common([r.peak_rss_cmd for r in runs if r.server == server])}`"
+        for server in servers
+        if any(r.server == server for r in runs)
+    )
+    return head + "\n".join(rows) + f"\n\nLargest process (most often): {largest_of}.\n"
 
 
-def _latency(latency_runs: list[LatencyLike], count: int) -> str:
+def _most_common(commands: list[str]) -> str:
+    """A short name for a command line: the program, or python's -m module."""
+    shorts = []
+    for command in commands:
+        words = command.split()
+        if "-m" in words[:-1]:
+            shorts.append(words[words.index("-m") + 1])
+        else:
+            shorts.append(Path(words[0]).name if words else "?")
+    return max(set(shorts), key=shorts.count) if shorts else "?"
+
+
+def _latency(latency_runs: list[LatencyRun], count: int) -> str:
     if not latency_runs:
         return "Not run.\n"
     pooled = [x for run in latency_runs for x in run.latencies_s]
@@ -206,7 +216,7 @@ def render(
     scenarios: dict[str, str],
     servers: list[str],
     reference: str,
-    latency_runs: list[LatencyLike],
+    latency_runs: list[LatencyRun],
 ) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(context.started))
     mb, ma = context.machine_before, context.machine_after

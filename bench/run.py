@@ -24,7 +24,7 @@ from bench.inotify import DirectoryWatcher
 from bench.procstat import TreeMeter, tree_pids
 from bench.senders import send, shares
 from bench.servers import SERVER_TYPES, Server, Storscp
-from bench.stats import Run
+from bench.stats import LatencyRun, Run
 from bench.verify import verify, wait_visible
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -76,9 +76,9 @@ class Mode:
 MODES = {
     "quick": Mode(
         rounds=3,
-        counts={"tiny": 200, "small": 60, "large": 4},
+        counts={"tiny": 400, "small": 100, "large": 4},
         per_instance_count=40,
-        latency_count=120,
+        latency_count=200,
     ),
     "full": Mode(
         rounds=5,
@@ -87,14 +87,6 @@ MODES = {
         latency_count=1000,
     ),
 }
-
-
-@dataclass(slots=True)
-class LatencyRun:
-    round: int
-    instances: int
-    wall_s: float
-    latencies_s: list[float]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,6 +157,12 @@ def effective_mode(args: argparse.Namespace) -> Mode:
         else:
             raise SystemExit(f"bench: unknown workload in --count {item!r}")
     return Mode(args.rounds or base.rounds, counts, per_instance, latency)
+
+
+def scenario_workload(work: Path, scenario: Scenario, mode: Mode) -> data.Workload:
+    """The (cached) files a scenario sends; the per-instance scenario has its own count."""
+    count = mode.per_instance_count if scenario.per_instance else mode.counts[scenario.workload]
+    return data.load_or_make(work / "data", scenario.workload, count)
 
 
 def log(message: str) -> None:
@@ -264,14 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     machine_before = report.machine_info()
     log(f"mode {args.mode}: {mode}; work dir {work}")
 
-    workloads: dict[str, data.Workload] = {}
-    for scenario in scenarios:
-        name, count = scenario.workload, mode.counts[scenario.workload]
-        key = scenario.key if scenario.per_instance else name
-        if scenario.per_instance:
-            count = mode.per_instance_count
-        if key not in workloads:
-            workloads[key] = data.load_or_make(work / "data", name, count)
+    workloads = {s.key: scenario_workload(work, s, mode) for s in scenarios}
     latency_workload = None
     if not args.no_latency and "storscp" in names:
         latency_workload = data.load_or_make(work / "data", "small", mode.latency_count)
@@ -302,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(mode.rounds):
             for index, scenario in enumerate(scenarios):
                 shift = (round_ + index) % len(servers)
-                workload = workloads[scenario.key if scenario.per_instance else scenario.workload]
+                workload = workloads[scenario.key]
                 for server in servers[shift:] + servers[:shift]:
                     run = run_scenario(
                         server,
@@ -315,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(
                         f"round {round_ + 1}/{mode.rounds} {scenario.name:<22} {server.name:<10} "
                         f"{run.wall_s:7.3f} s {run.instances_per_s:8.1f} inst/s "
-                        f"{run.mb_per_s:7.1f} MB/s cpu {run.cpu_s:6.2f} s verified"
+                        f"{run.mb_per_s:7.1f} MB/s cpu {run.cpu_s:6.2f} s, "
+                        f"all visible +{run.visible_s * 1000:.0f} ms, verified"
                     )
             if latency_workload is not None:
                 storscp = next(s for s in servers if isinstance(s, Storscp))
@@ -343,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         machine_before=machine_before,
         machine_after=report.machine_info(),
         servers={s.name: s.describe() for s in servers},
-        workloads={k: (len(w.instances), w.mean_bytes) for k, w in workloads.items()},
+        workloads={
+            s.name: (len(workloads[s.key].instances), workloads[s.key].mean_bytes)
+            for s in scenarios
+        },
         latency_count=len(latency_workload.instances) if latency_workload else 0,
         rounds=mode.rounds,
         note=args.note,

@@ -41,6 +41,16 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class LatencyRun:
+    """One round of the latency scenario: seconds from Success to visible, per instance."""
+
+    round: int
+    instances: int
+    wall_s: float
+    latencies_s: list[float]
+
+
+@dataclass(frozen=True, slots=True)
 class Spread:
     median: float
     low: float
