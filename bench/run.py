@@ -30,6 +30,7 @@ from bench.verify import verify, wait_visible
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE = "dcmtk"
 LATENCY_SENDERS = 4
+LATENCY_TIMEOUT_S = 600.0
 
 
 class BenchmarkFailed(Exception):
@@ -226,7 +227,7 @@ def run_latency(server: Storscp, workload: data.Workload, round_: int, log_dir: 
             )
             for part, out in zip(parts, outs, strict=True)
         ]
-        codes = [p.wait(600) for p in procs]
+        codes = [_wait_or_kill(p, LATENCY_TIMEOUT_S) for p in procs]
         wall_s = time.monotonic() - start
         wait_visible(server, workload)
     problems = [f"latency sender {n} exited {c}" for n, c in enumerate(codes) if c != 0]
@@ -235,6 +236,9 @@ def run_latency(server: Storscp, workload: data.Workload, round_: int, log_dir: 
         problems.append("inotify queue overflowed")
     latencies: list[float] = []
     for out in outs:
+        if not out.exists():
+            problems.append(f"{out} was not written")
+            continue
         for record in json.loads(out.read_text()):
             instance = by_path[record["file"]]
             seen = watcher.first_seen.get(f"{instance.uid}{server.service.extension}")
@@ -246,6 +250,16 @@ def run_latency(server: Storscp, workload: data.Workload, round_: int, log_dir: 
         raise BenchmarkFailed(f"storscp latency, round {round_ + 1}: " + "; ".join(problems[:5]))
     server.clear_output()
     return LatencyRun(round_, len(workload.instances), wall_s, latencies)
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """Exit code of a client we started; a hung one is killed (by its pid) and fails."""
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir.resolve()
     started = time.time()
     machine_before = report.machine_info()
+    busy_before, mine_before = report.cpu_busy_s()
     log(f"mode {args.mode}: {mode}; work dir {work}")
 
     workloads = {s.key: scenario_workload(work, s, mode) for s in scenarios}
@@ -327,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # report every server that would not stop
                 log(f"{server.name}: stop failed: {exc}")
     elapsed = time.time() - started
+    busy_after, mine_after = report.cpu_busy_s()
     context = report.Context(
         mode=args.mode,
         argv=["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)],
@@ -334,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed_s=elapsed,
         machine_before=machine_before,
         machine_after=report.machine_info(),
+        foreign_cpu_s=max(0.0, (busy_after - busy_before) - (mine_after - mine_before)),
         servers={s.name: s.describe() for s in servers},
         workloads={
             s.name: (len(workloads[s.key].instances), workloads[s.key].mean_bytes)

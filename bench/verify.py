@@ -11,7 +11,6 @@ dataset. Missing, extra or different files fail the run.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from bench.data import Workload, dataset_sha256
 from bench.servers import Server
@@ -21,12 +20,6 @@ VISIBLE_TIMEOUT_S = 120.0
 
 class VerificationError(Exception):
     """What a server stored is not what was sent."""
-
-
-@dataclass(slots=True)
-class Verified:
-    visible_s: float  # from the end of sending until the last file was visible
-    problems: list[str] = field(default_factory=list)
 
 
 def wait_visible(server: Server, workload: Workload, timeout_s: float = VISIBLE_TIMEOUT_S) -> float:
