@@ -89,7 +89,7 @@ def machine_info() -> dict[str, str]:
     commit = _first_line(["git", "rev-parse", "--short", "HEAD"])
     dirty = _first_line(["git", "status", "--porcelain", "--untracked-files=no"])
     return {
-        "uname": " ".join(platform.uname()),
+        "uname": _first_line(["uname", "-a"]),
         "cpu": f"{_cpu_model()}, {os.cpu_count()} logical CPUs",
         "memory": _mem_total(),
         "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
