@@ -229,7 +229,8 @@ def run_latency(server: Storscp, workload: data.Workload, round_: int, log_dir: 
         ]
         codes = [_wait_or_kill(p, LATENCY_TIMEOUT_S) for p in procs]
         wall_s = time.monotonic() - start
-        wait_visible(server, workload)
+        if not any(codes):  # a failed client means files will never come
+            wait_visible(server, workload)
     problems = [f"latency sender {n} exited {c}" for n, c in enumerate(codes) if c != 0]
     problems += verify(server, workload)
     if watcher.overflowed:
@@ -334,6 +335,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
     except BenchmarkFailed as exc:
         log(f"BENCHMARK FAILED: {exc}")
+        # Keep what was measured and where to look; no report from a failed run.
+        raw = {
+            "failed": str(exc),
+            "runs": [asdict(r) for r in runs],
+            "latency": [asdict(r) for r in latency_runs],
+        }
+        (work / "results.json").write_text(json.dumps(raw, indent=1))
+        log(
+            f"server directories and logs kept in {work / 'servers'}, client logs in "
+            f"{work / 'logs'}, measurements so far in {work / 'results.json'}"
+        )
         return 1
     finally:
         for server in servers:
