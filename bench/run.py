@@ -336,12 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkFailed as exc:
         log(f"BENCHMARK FAILED: {exc}")
         # Keep what was measured and where to look; no report from a failed run.
-        raw = {
+        partial: dict[str, object] = {
             "failed": str(exc),
             "runs": [asdict(r) for r in runs],
             "latency": [asdict(r) for r in latency_runs],
         }
-        (work / "results.json").write_text(json.dumps(raw, indent=1))
+        (work / "results.json").write_text(json.dumps(partial, indent=1))
         log(
             f"server directories and logs kept in {work / 'servers'}, client logs in "
             f"{work / 'logs'}, measurements so far in {work / 'results.json'}"
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report.render(context, runs, scenario_names, names, REFERENCE, latency_runs)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(text)
-    raw = {
+    raw: dict[str, object] = {
         "context": asdict(context),
         "runs": [asdict(r) for r in runs],
         "latency": [asdict(r) for r in latency_runs],
