@@ -1,7 +1,8 @@
 """A minimal inotify reader (ctypes, Linux only) that timestamps new names.
 
-Used by the latency scenario: it records time.monotonic() the moment a name
-appears in a directory (IN_MOVED_TO for an atomic rename, IN_CREATE for a
+Used by the latency scenario: it records the wall-clock time (time.time(),
+the clock storescu's log timestamps use) the moment a name appears in a
+directory (IN_MOVED_TO for an atomic rename, IN_CREATE for a
 server that writes in place). Polling with stat() would add its own interval
 to every measurement; inotify wakes the reader as the rename happens.
 """
@@ -60,7 +61,7 @@ class DirectoryWatcher:
         while not self._stop.is_set():
             if not poller.poll(100):
                 continue
-            now = time.monotonic()
+            now = time.time()
             try:
                 buf = os.read(self._fd, 1 << 16)
             except BlockingIOError:

@@ -171,11 +171,11 @@ def _latency(latency_runs: list[LatencyRun], count: int) -> str:
     rates = _spread([r.instances / r.wall_s for r in latency_runs])
     return (
         f"storscp only; {len(latency_runs)} round(s) of {count} small instances sent by "
-        f"4 pynetdicom SCU processes (one association each, chunked send, "
-        f"{rates} instances/s). Latency = the moment inotify reports "
-        f"`<UID>.dcm` in the storage directory minus the moment the SCU received "
-        f"Success (both CLOCK_MONOTONIC). Negative values: the file was visible "
-        f"before the SCU had processed the response.\n\n"
+        f"4 storescu processes (one association each, {rates} instances/s). "
+        f"Latency = the moment inotify reports `<UID>.dcm` in the storage directory "
+        f"minus the moment storescu logged the Success response (both wall-clock, "
+        f"microsecond resolution). Negative values: the file was visible before "
+        f"storescu had logged the response.\n\n"
         f"| samples | p50 ms | p90 ms | p99 ms | max ms | min ms | p99 per round ms |\n"
         f"| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
         f"| {len(pooled)} | {1000 * percentile(pooled, 50):.1f} "

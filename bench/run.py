@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from bench import data, report
 from bench.inotify import DirectoryWatcher
 from bench.procstat import TreeMeter, tree_pids
-from bench.senders import send, shares
+from bench.senders import send
 from bench.servers import SERVER_TYPES, Server, Storscp
 from bench.stats import LatencyRun, Run
 from bench.verify import verify, wait_visible
@@ -30,7 +29,6 @@ from bench.verify import verify, wait_visible
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE = "dcmtk"
 LATENCY_SENDERS = 4
-LATENCY_TIMEOUT_S = 600.0
 
 
 class BenchmarkFailed(Exception):
@@ -177,7 +175,9 @@ def run_scenario(
     files = [i.path for i in workload.instances]
     meter = TreeMeter(server.pid)
     with meter:
-        sent = send(server.port, files, scenario.senders, scenario.per_instance, log_dir)
+        sent = send(
+            server.port, files, scenario.senders, log_dir, per_instance=scenario.per_instance
+        )
         # A failed client means files will never come: do not wait for them.
         visible_s = wait_visible(server, workload) if not sent.failures else float("nan")
     usage = meter.finish()
@@ -204,63 +204,27 @@ def run_scenario(
 
 
 def run_latency(server: Storscp, workload: data.Workload, round_: int, log_dir: Path) -> LatencyRun:
-    """4 pynetdicom senders; latency = file visible (inotify) - Success received."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    by_path = {str(i.path): i for i in workload.instances}
-    parts = shares([i.path for i in workload.instances], LATENCY_SENDERS)
-    outs = [log_dir / f"latency{n}.json" for n in range(len(parts))]
-    sop_class = workload.instances[0].sop_class
+    """4 storescu senders; latency = file visible (inotify) - Success logged by storescu."""
+    files = [i.path for i in workload.instances]
     with DirectoryWatcher(server.output_dir) as watcher:
-        start = time.monotonic()
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.latency_client",
-                    str(server.port),
-                    str(out),
-                    sop_class,
-                    *map(str, part),
-                ],
-                cwd=BENCH_DIR.parent,
-            )
-            for part, out in zip(parts, outs, strict=True)
-        ]
-        codes = [_wait_or_kill(p, LATENCY_TIMEOUT_S) for p in procs]
-        wall_s = time.monotonic() - start
-        if not any(codes):  # a failed client means files will never come
+        sent = send(server.port, files, LATENCY_SENDERS, log_dir, timed=True)
+        if not sent.failures:  # a failed client means files will never come
             wait_visible(server, workload)
-    problems = [f"latency sender {n} exited {c}" for n, c in enumerate(codes) if c != 0]
-    problems += verify(server, workload)
+    problems = list(sent.failures) + verify(server, workload)
     if watcher.overflowed:
         problems.append("inotify queue overflowed")
     latencies: list[float] = []
-    for out in outs:
-        if not out.exists():
-            problems.append(f"{out} was not written")
-            continue
-        for record in json.loads(out.read_text()):
-            instance = by_path[record["file"]]
-            seen = watcher.first_seen.get(f"{instance.uid}{server.service.extension}")
-            if seen is None or record["success_t"] is None:
-                problems.append(f"no inotify event or response time for {instance.uid}")
-            else:
-                latencies.append(seen - record["success_t"])
+    for instance in workload.instances:
+        seen = watcher.first_seen.get(f"{instance.uid}{server.service.extension}")
+        success = sent.success_at.get(str(instance.path))
+        if seen is None or success is None:
+            problems.append(f"no inotify event or no Success time for {instance.path.name}")
+        else:
+            latencies.append(seen - success)
     if problems:
         raise BenchmarkFailed(f"storscp latency, round {round_ + 1}: " + "; ".join(problems[:5]))
     server.clear_output()
-    return LatencyRun(round_, len(workload.instances), wall_s, latencies)
-
-
-def _wait_or_kill(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    """Exit code of a client we started; a hung one is killed (by its pid) and fails."""
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return -1
+    return LatencyRun(round_, len(files), sent.wall_s, latencies)
 
 
 def main(argv: list[str] | None = None) -> int:
