@@ -1,0 +1,5 @@
+"""The storscp benchmark (issue 6): storscp against DCMTK and pynetdicom.
+
+Run it with `make bench` (quick) or `make bench-full`; see bench/README.md.
+Everything it generates lives in a work directory outside git (bench/out/).
+"""
