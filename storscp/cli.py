@@ -21,6 +21,7 @@ from pathlib import Path
 from storscp import __version__
 from storscp.config import KEYS, Config, ConfigError, flag_for, load
 from storscp.exitcodes import ExitCode
+from storscp.logger.lock import LogDirLocked, check_log_dir_free
 from storscp.supervisor import conf, control
 
 START_TIMEOUT_S = 30.0
@@ -97,6 +98,15 @@ def prepare(config: Config) -> Config:
             )
     if control.is_running(config):
         raise CommandError(ExitCode.UNAVAILABLE, "service already running")
+    try:
+        check_log_dir_free(config.log_dir)
+    except LogDirLocked as exc:
+        # Another service (another run_dir) logs there: two writers would corrupt it.
+        raise CommandError(ExitCode.UNAVAILABLE, str(exc)) from None
+    except OSError as exc:
+        raise CommandError(
+            ExitCode.CANTCREAT, f"log_dir {config.log_dir} is not usable: {exc}"
+        ) from None
     config = _with_port(config)
     _write_atomically(config.effective_path, config.to_toml())
     _write_atomically(conf.conf_path(config), conf.render(config, nodaemon=True))
