@@ -1,4 +1,4 @@
-"""The `storscp` command: run, start, stop, restart, status, config.
+"""The `storscp` command: run, start, stop, restart, status, config, logs.
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
@@ -22,10 +22,14 @@ from storscp import __version__
 from storscp.config import KEYS, Config, ConfigError, flag_for, load
 from storscp.exitcodes import ExitCode
 from storscp.logger.lock import LogDirLocked, check_log_dir_free
+from storscp.logger.reader import LogFollower
 from storscp.supervisor import conf, control
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 120.0
+# How often `storscp logs -f` looks for new lines: well under the time the
+# logger needs to fill a whole file, so no alternation goes unseen.
+FOLLOW_INTERVAL_S = 0.1
 
 
 class CommandError(Exception):
@@ -56,7 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
         ("config", "print the effective configuration as TOML"),
     ):
         sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    logs_help = "print storscp1.log and storscp2.log as one stream, oldest first"
+    logs = sub.add_parser("logs", parents=[common], help=logs_help, description=logs_help)
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines, across alternations"
+    )
+    logs.add_argument(
+        "-n", "--lines", type=_count, metavar="N", help="print only the last N lines first"
+    )
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of lines, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: getattr(args, key) for key in KEYS}
     try:
         config = load(args.config, overrides)
+        if args.command == "logs":
+            return cmd_logs(config, args.follow, args.lines)
         return COMMANDS[args.command](config)
     except ConfigError as exc:
         print(f"storscp: invalid configuration: {exc}", file=sys.stderr)
@@ -251,6 +275,38 @@ def cmd_status(config: Config) -> int:
     for p in infos:
         print(f"  {p.name:<10} {p.state:<9} {p.description}")
     return 1 if degraded else ExitCode.OK
+
+
+def cmd_logs(config: Config, follow: bool, last: int | None) -> int:
+    """Print both log files as one stream; with `follow`, keep printing."""
+    follower = LogFollower(config.log_dir)
+    out = sys.stdout.buffer
+    try:
+        lines = follower.poll()
+        if not lines and not follow and not any(p.exists() for p in follower.paths):
+            raise CommandError(ExitCode.NOINPUT, f"no log files in {config.log_dir}")
+        out.writelines(lines if last is None else lines[len(lines) - last :])
+        out.flush()
+        lost = 0
+        while follow:
+            time.sleep(FOLLOW_INTERVAL_S)
+            out.writelines(follower.poll())
+            out.flush()
+            if follower.lost > lost:
+                lost = follower.lost
+                print(
+                    "storscp: the log alternated twice between two reads;"
+                    " some lines were overwritten before they could be shown",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    except BrokenPipeError:
+        # The reader went away (`storscp logs | head`): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+    return ExitCode.OK
 
 
 def _pid_alive(pid: int) -> bool:

@@ -35,7 +35,11 @@ def _age_key(path: Path) -> tuple[int, int] | None:
 
 
 def newest_index(paths: tuple[Path, Path]) -> int:
-    """Index of the file written last; 0 if neither exists."""
+    """Index of the file written last; 0 if neither exists.
+
+    On a tie of mtimes the smaller file is the newer: wrong only if the new
+    file took more than a whole file's bytes within one timestamp tick.
+    """
     keys = [_age_key(p) for p in paths]
     if keys[0] is None and keys[1] is None:
         return 0
