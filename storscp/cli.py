@@ -30,6 +30,7 @@ STOP_TIMEOUT_S = 120.0
 # How often `storscp logs -f` looks for new lines: well under the time the
 # logger needs to fill a whole file, so no alternation goes unseen.
 FOLLOW_INTERVAL_S = 0.1
+FOLLOW_BUSY_INTERVAL_S = 0.01
 
 
 class CommandError(Exception):
@@ -289,8 +290,10 @@ def cmd_logs(config: Config, follow: bool, last: int | None) -> int:
         out.flush()
         lost = 0
         while follow:
-            time.sleep(FOLLOW_INTERVAL_S)
-            out.writelines(follower.poll())
+            # Busy log: look again soon, so no file fills up between two looks.
+            time.sleep(FOLLOW_BUSY_INTERVAL_S if lines else FOLLOW_INTERVAL_S)
+            lines = follower.poll()
+            out.writelines(lines)
             out.flush()
             if follower.lost > lost:
                 lost = follower.lost

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from storscp.logger.lines import ParsedLine, parse_line
+from storscp.logger.reader import read_lines
 
 T = TypeVar("T")
 
@@ -85,6 +86,22 @@ class Service:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout_s: float = 30.0) -> Service:
+        """Start (or start again) and wait for a new START of every component."""
+        self._record_pids()
+        known = set(self.pids)
+        self.launch()
+        poll_for(
+            lambda: self._all_started(known) or self._died(),
+            timeout_s,
+            "all four components to START",
+        )
+        receiver = self.last_start("receiver")
+        assert receiver is not None
+        self.port = int(receiver["port"])
+        return self
+
+    def launch(self) -> None:
+        """`storscp run` in its own session, without waiting for anything."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         out = open(self.root / "storscp-run.out", "ab")  # noqa: SIM115
@@ -95,25 +112,29 @@ class Service:
             start_new_session=True,
         )
         out.close()
-        poll_for(
-            lambda: self._all_started() or self._died(), timeout_s, "all four components to START"
-        )
-        receiver = self.last_start("receiver")
-        assert receiver is not None
-        self.port = int(receiver["port"])
-        return self
 
     def _died(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"storscp run exited with {self.proc.returncode}: {self.output()}")
         return False
 
-    def _all_started(self) -> bool:
-        procs = {e["proc"] for e in self.events("START")}
+    def _record_pids(self) -> None:
         for e in self.events("START"):
             if "pid" in e.fields:
                 self.pids.add(int(e["pid"]))
+
+    def _all_started(self, known: set[int] | frozenset[int] = frozenset()) -> bool:
+        """Every component has a START whose pid is not in `known`."""
+        starts = self.events("START")
+        self._record_pids()
+        procs = {e["proc"] for e in starts if int(e.get("pid") or 0) not in known}
         return {"receiver", "committer", "logger", "listener"} <= procs
+
+    def pid_of(self, proc: str) -> int:
+        """The pid in the last START of `proc`."""
+        start = self.last_start(proc)
+        assert start is not None, f"no START of {proc}"
+        return int(start["pid"])
 
     def output(self) -> str:
         try:
@@ -125,16 +146,11 @@ class Service:
 
     def log_lines(self) -> list[ParsedLine]:
         """Both log files as one stream, older file first."""
-        files = [
-            p for p in (self.log_dir / "storscp1.log", self.log_dir / "storscp2.log") if p.exists()
-        ]
-        files.sort(key=lambda p: (p.stat().st_mtime_ns, -p.stat().st_size))
         out: list[ParsedLine] = []
-        for path in files:
-            for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                parsed = parse_line(raw)
-                if parsed is not None:
-                    out.append(parsed)
+        for raw in read_lines(self.log_dir):
+            parsed = parse_line(raw.decode("utf-8", errors="replace"))
+            if parsed is not None:
+                out.append(parsed)
         return out
 
     def events(self, type_: str | None = None, **match: str) -> list[ParsedLine]:
@@ -191,7 +207,7 @@ class Service:
         proc = self.proc
         if proc is None:
             return
-        self._all_started()
+        self._record_pids()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
