@@ -1,0 +1,174 @@
+"""How many events reach the log when the logger dies or restarts under load.
+
+A real sender process (support.probe, the components' own Outbox) pushes N
+numbered events at a steady rate. Meanwhile the logger is `kill -9`ed (its
+pid comes from its START event) or stopped and started with supervisorctl.
+Then we count the numbers in the log.
+
+What ZeroMQ PUSH gives: a message still in the sender's queue when the
+logger goes away waits there (up to SEND_HWM) and is delivered to the next
+logger. A message already handed to the dead logger (its kernel socket
+buffer, its receive queue) dies with it. So a graceful stop loses only what
+is in flight at the instant the socket closes, and SIGKILL loses what the
+logger had received and not yet written; neither loses what was sent while
+the logger was down.
+
+Run with `-s` to see the numbers:
+    .venv/bin/python -m pytest -s -m slow tests/system/test_logger_delivery.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from storscp import bus
+from support.service import Service, poll_for
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Delivery:
+    scenario: str
+    sent: int
+    dropped_by_sender: int
+    delivered: int
+    duplicates: int
+    missing: list[int]
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.delivered
+
+    def summary(self) -> str:
+        return (
+            f"{self.scenario}: sent {self.sent}, delivered {self.delivered},"
+            f" lost {self.lost} ({self.dropped_by_sender} dropped by the sender's full queue),"
+            f" duplicates {self.duplicates}, missing seq {ranges(self.missing)}"
+        )
+
+
+def ranges(numbers: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5,9'."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and n == int(out[-1].rsplit("-", 1)[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ",".join(out) or "none"
+
+
+def probe_seqs(svc: Service, run: str) -> list[int]:
+    return [int(e["seq"]) for e in svc.events("WRITE", proc="probe", run=run)]
+
+
+def measure(
+    svc: Service, scenario: str, disrupt: Callable[[Service], None], count: int, rate: float
+) -> Delivery:
+    """Send `count` events at `rate`/s, disrupt the logger a quarter of the way in."""
+    run = f"{scenario}-{os.getpid()}"
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "support.probe",
+            bus.logger_endpoint(svc.run_dir),
+            run,
+            str(count),
+            str(rate),
+        ],
+        cwd=TESTS_DIR,
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        poll_for(
+            lambda: len(probe_seqs(svc, run)) >= count // 4,
+            60,
+            "a quarter of the events in the log",
+            interval_s=0.1,
+        )
+        disrupt(svc)
+        out, _ = sender.communicate(timeout=count / rate + 120)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait(10)
+    report = json.loads(out.strip().splitlines()[-1])
+    # One sender, one pipe: FIFO. Once the last event is in, nothing more comes.
+    poll_for(lambda: count - 1 in probe_seqs(svc, run), 60, "the last event", interval_s=0.2)
+    seqs = probe_seqs(svc, run)
+    delivered = set(seqs)
+    result = Delivery(
+        scenario=scenario,
+        sent=count,
+        dropped_by_sender=int(report["dropped"]),
+        delivered=len(delivered),
+        duplicates=len(seqs) - len(delivered),
+        missing=sorted(set(range(count)) - delivered),
+    )
+    print(result.summary())
+    return result
+
+
+def kill_logger(svc: Service) -> None:
+    """kill -9 our logger (its pid from its START), wait for the next one."""
+    pid = svc.pid_of("logger")
+    os.kill(pid, signal.SIGKILL)
+    poll_for(lambda: svc.pid_of("logger") != pid, 60, "a new logger START", interval_s=0.1)
+
+
+def stop_start_logger(svc: Service) -> None:
+    """supervisorctl stop logger, then start; both wait for the state change."""
+    pid = svc.pid_of("logger")
+    assert "stopped" in svc.supervisorctl("stop", "logger").stdout
+    assert "started" in svc.supervisorctl("start", "logger").stdout
+    poll_for(lambda: svc.pid_of("logger") != pid, 60, "a new logger START", interval_s=0.1)
+
+
+@pytest.fixture
+def big_log_service(service_factory: type[Service]) -> Service:
+    # Files large enough that no probe event is overwritten by alternation.
+    return service_factory(log_max_bytes=64_000_000).start()
+
+
+def test_sigkill_of_the_logger_under_load(big_log_service: Service) -> None:
+    svc = big_log_service
+    old_pid = svc.pid_of("logger")
+    result = measure(svc, "sigkill", kill_logger, count=6000, rate=1000)
+    # What was sent while the logger was down was kept and delivered; only
+    # what the dead logger held is gone, a small window.
+    assert result.delivered >= result.sent - 200, result.summary()
+    assert result.duplicates == 0 and result.dropped_by_sender == 0
+    # And the listener's ERROR about the crash, sent while no logger ran, arrived.
+    svc.wait_event("ERROR", program="logger", pid=str(old_pid))
+
+
+def test_supervisorctl_stop_start_of_the_logger_under_load(big_log_service: Service) -> None:
+    result = measure(big_log_service, "stop-start", stop_start_logger, count=6000, rate=1000)
+    assert result.delivered >= result.sent - 200, result.summary()
+    assert result.duplicates == 0 and result.dropped_by_sender == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["sigkill", "stop-start"])
+@pytest.mark.parametrize("rate", [1000.0, 5000.0])
+def test_delivery_measurement(service_factory: type[Service], scenario: str, rate: float) -> None:
+    """The numbers for the record: five runs per scenario and rate."""
+    svc = service_factory(log_max_bytes=64_000_000).start()
+    disrupt = kill_logger if scenario == "sigkill" else stop_start_logger
+    results = [measure(svc, f"{scenario}{i}", disrupt, count=10_000, rate=rate) for i in range(5)]
+    lost = [r.lost for r in results]
+    print(f"{scenario} at {rate:.0f}/s, lost per run of 10000: {lost}")
+    assert all(r.duplicates == 0 for r in results)
