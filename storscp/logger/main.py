@@ -5,9 +5,12 @@ The lock comes first: a second logger on the same log directory exits with
 UNAVAILABLE before it binds the socket or opens a log file. On stop it
 drains what is queued, fsyncs and exits.
 
-The receive queue is kept short (RECV_HWM): what waits in a sender's queue
-survives a crash of the logger and is delivered to the next one, what waits
-in ours dies with us.
+The receive queue (RECV_HWM) is a trade-off. What waits in a sender's queue
+survives a crash of the logger and goes to the next one; what waits in ours
+dies with us, so it should be short. But a sender whose messages are held
+back by a full logger queue loses the last few hundred of them when it
+closes its socket (libzmq drops what its I/O thread holds at close, linger
+or not): measured, 100 lost that, 1000 did not.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from storscp.runtime import StopFlag, die_with_parent
 PROC = "logger"
 POLL_MS = 200
 DRAIN_S = 1.0
-# Messages the logger's own ZeroMQ queue may hold; the rest wait with the senders.
-RECV_HWM = 100
-# Kernel receive buffer of each sender's connection: bytes in flight die with us too.
-RECV_BUF_BYTES = 32 * 1024
+# Messages the logger's own ZeroMQ queue may hold per sender; the rest wait
+# with the senders (bus.SEND_HWM).
+RECV_HWM = 1000
 MAX_ERROR_SAMPLE = 200
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     sock: zmq.Socket[bytes] = context.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, RECV_HWM)
-    sock.setsockopt(zmq.RCVBUF, RECV_BUF_BYTES)
     try:
         try:
             sock.bind(bus.logger_endpoint(config.run_dir))

@@ -20,7 +20,9 @@ PROC = "probe"
 
 def send(endpoint: str, run: str, count: int, rate: float) -> dict[str, int]:
     """Send `count` events at about `rate` per second (0: as fast as possible)."""
-    outbox = Outbox(PROC, {"logger": endpoint})
+    # A long linger: what is still queued at exit is delivered, not discarded,
+    # so the count measures the logger's losses and nothing else.
+    outbox = Outbox(PROC, {"logger": endpoint}, linger_ms=60_000)
     outbox.start()
     started = time.monotonic()
     try:
@@ -32,7 +34,7 @@ def send(endpoint: str, run: str, count: int, rate: float) -> dict[str, int]:
                     time.sleep(delay)
             outbox.event(bus.EventType.WRITE, run=run, seq=seq)
     finally:
-        outbox.close(timeout_s=10.0)
+        outbox.close(timeout_s=90.0)
     return {"sent": count, "dropped": outbox.dropped}
 
 

@@ -90,6 +90,10 @@ class Service:
         self._record_pids()
         known = set(self.pids)
         self.launch()
+        return self.wait_started(known, timeout_s)
+
+    def wait_started(self, known: set[int], timeout_s: float = 30.0) -> Service:
+        """Wait for a START of every component with a pid not in `known`."""
         poll_for(
             lambda: self._all_started(known) or self._died(),
             timeout_s,

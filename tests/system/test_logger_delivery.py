@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 
 from storscp import bus
+from storscp.logger.lines import parse_line
+from storscp.logger.reader import LogFollower
 from support.service import Service, poll_for
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -68,8 +70,21 @@ def ranges(numbers: list[int]) -> str:
     return ",".join(out) or "none"
 
 
-def probe_seqs(svc: Service, run: str) -> list[int]:
-    return [int(e["seq"]) for e in svc.events("WRITE", proc="probe", run=run)]
+class ProbeLines:
+    """The seq numbers of one run in the log, read incrementally (files grow large)."""
+
+    def __init__(self, svc: Service, run: str) -> None:
+        self.follower = LogFollower(svc.log_dir)
+        self.marker = f" proc=probe run={run} ".encode()
+        self.seqs: list[int] = []
+
+    def poll(self) -> list[int]:
+        for raw in self.follower.poll():
+            if self.marker in raw:
+                parsed = parse_line(raw.decode())
+                assert parsed is not None
+                self.seqs.append(int(parsed["seq"]))
+        return self.seqs
 
 
 def measure(
@@ -77,6 +92,7 @@ def measure(
 ) -> Delivery:
     """Send `count` events at `rate`/s, disrupt the logger a quarter of the way in."""
     run = f"{scenario}-{os.getpid()}"
+    probe = ProbeLines(svc, run)
     sender = subprocess.Popen(
         [
             sys.executable,
@@ -94,7 +110,7 @@ def measure(
     )
     try:
         poll_for(
-            lambda: len(probe_seqs(svc, run)) >= count // 4,
+            lambda: len(probe.poll()) >= count // 4,
             60,
             "a quarter of the events in the log",
             interval_s=0.1,
@@ -107,8 +123,8 @@ def measure(
             sender.wait(10)
     report = json.loads(out.strip().splitlines()[-1])
     # One sender, one pipe: FIFO. Once the last event is in, nothing more comes.
-    poll_for(lambda: count - 1 in probe_seqs(svc, run), 60, "the last event", interval_s=0.2)
-    seqs = probe_seqs(svc, run)
+    poll_for(lambda: count - 1 in probe.poll(), 60, "the last event", interval_s=0.2)
+    seqs = probe.seqs
     delivered = set(seqs)
     result = Delivery(
         scenario=scenario,

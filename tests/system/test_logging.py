@@ -15,9 +15,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+import zmq
 from pydicom.uid import ExplicitVRLittleEndian
 
-from storscp import __version__
+from storscp import __version__, bus
 from storscp.logger.lines import parse_line
 from support import dicomfiles as df
 from support.scu import echoscu, pynetdicom_store, storescu
@@ -438,3 +440,63 @@ def test_second_logger_exits_at_once_and_writes_nothing(service: Service) -> Non
     # And the first logger still owns its socket: events keep arriving.
     assert echoscu(service.port).returncode == 0
     service.wait_event("ASSOCIATION", state="released", calling_ae="ECHOSCU")
+
+
+# -- faults ----------------------------------------------------------------------
+
+
+def test_malformed_bus_messages_become_error_lines(service: Service) -> None:
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 5000)
+    try:
+        sock.connect(bus.logger_endpoint(service.run_dir))
+        sock.send_multipart([b"event", b"\xff not json"])
+        sock.send_multipart([b"event\nWRITE", b"{}"])
+        sock.send_multipart([b"one frame"])
+        stored = bus.InstanceStored("x.ready", "1.2", "1.2.3", "1.2.840.10008.1.2", 1, "AE")
+        sock.send_multipart(bus.encode(stored))  # a committer message on the logger's socket
+    finally:
+        sock.close()
+        context.term()
+    errors = service.wait_event("ERROR", count=3, what="malformed bus message")
+    assert {e["frames"] for e in errors} == {"2", "1"}
+    service.wait_event("ERROR", what="unexpected bus message", kind="InstanceStored")
+    assert_every_line_is_an_event(service)
+    assert service.events("WRITE") == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_logger_on_a_full_disk_keeps_running_and_catches_up(
+    service_factory: type[Service],
+) -> None:
+    # Given a log file on a "disk" that is full (writes to /dev/full fail with ENOSPC)
+    svc = service_factory()
+    svc.log_dir.mkdir(parents=True)
+    current = svc.log_dir / "storscp1.log"
+    current.symlink_to("/dev/full")
+    svc.launch()
+    # Then the logger says so on its stderr and keeps running: no crash loop.
+    logger_err = svc.run_dir / "logger.out.log"
+    poll_for(
+        lambda: logger_err.exists() and "No space left on device" in logger_err.read_text(),
+        30,
+        "the logger to report the full disk",
+    )
+    poll_for(
+        lambda: re.search(r"^logger\s+RUNNING", svc.supervisorctl("status").stdout, re.M),
+        30,
+        "the logger RUNNING past startsecs",
+        interval_s=0.5,
+    )
+    assert logger_err.read_text().count("cannot write") == 1  # one logger, no restarts
+    # When space comes back, what waited in memory is written, then one ERROR.
+    current.unlink()
+    svc.wait_started(set())
+    error = svc.wait_event("ERROR", what="log write failed")[0]
+    assert "No space left on device" in error["reason"]
+    assert error["lines_dropped"] == "0"
+    assert not current.is_symlink()
+    assert_every_line_is_an_event(svc)
+    assert echoscu(svc.port).returncode == 0
+    svc.wait_event("ASSOCIATION", state="released", calling_ae="ECHOSCU")
