@@ -5,12 +5,14 @@ The lock comes first: a second logger on the same log directory exits with
 UNAVAILABLE before it binds the socket or opens a log file. On stop it
 drains what is queued, fsyncs and exits.
 
-The receive queue (RECV_HWM) is a trade-off. What waits in a sender's queue
-survives a crash of the logger and goes to the next one; what waits in ours
-dies with us, so it should be short. But a sender whose messages are held
-back by a full logger queue loses the last few hundred of them when it
-closes its socket (libzmq drops what its I/O thread holds at close, linger
-or not): measured, 100 lost that, 1000 did not.
+The receive queue (RECV_HWM) is a trade-off, measured. What waits in a
+sender's queue survives a crash of the logger and goes to the next one; what
+waits in ours dies with us, so ours should be short. But when ours is full,
+libzmq stops reading that sender's connection, and if the sender closes it
+then (a component stopping while the logger catches up after a restart),
+whatever was still in the kernel buffer is dropped: with 100 or 1000 a
+stopping sender lost its last 200-400 events. So ours is as long as the
+sender's: a sender that far behind is already dropping events anyway.
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ from storscp.runtime import StopFlag, die_with_parent
 PROC = "logger"
 POLL_MS = 200
 DRAIN_S = 1.0
-# Messages the logger's own ZeroMQ queue may hold per sender; the rest wait
-# with the senders (bus.SEND_HWM).
-RECV_HWM = 1000
+# Messages the logger's own ZeroMQ queue may hold per sender (see above).
+RECV_HWM = bus.SEND_HWM
 MAX_ERROR_SAMPLE = 200
 
 log = logging.getLogger(__name__)
