@@ -38,6 +38,7 @@ DRAIN_S = 1.0
 # Messages the logger's own ZeroMQ queue may hold per sender (see above).
 RECV_HWM = bus.SEND_HWM
 MAX_ERROR_SAMPLE = 200
+MAX_BATCH = 1000
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,13 @@ def handle(frames: list[bytes], writer: LogWriter) -> None:
 
 
 def receive_all(sock: zmq.Socket[bytes], writer: LogWriter) -> int:
-    """Write everything queued now, while the writer accepts lines."""
+    """Write what is queued now, at most MAX_BATCH, while the writer accepts lines.
+
+    Bounded so that a sender faster than the disk cannot keep the main loop
+    from fsyncing, retrying or noticing a stop.
+    """
     count = 0
-    while writer.accepting:
+    while writer.accepting and count < MAX_BATCH:
         try:
             frames = sock.recv_multipart(flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -101,7 +106,7 @@ def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
     """Write events until stopped, then drain for up to DRAIN_S."""
     while not stop.requested.is_set():
         if writer.accepting:
-            if sock.poll(POLL_MS):
+            if sock.poll(POLL_MS):  # at once if anything is queued
                 receive_all(sock, writer)
         else:
             stop.requested.wait(POLL_MS / 1000)

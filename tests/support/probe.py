@@ -2,8 +2,9 @@
 
 Run as a process (`python -m support.probe ENDPOINT RUN COUNT RATE`): it uses
 the components' own Outbox, so its events take the path a receiver's do.
-Each event is `WRITE proc=probe run=RUN seq=N`. It prints one JSON line when
-done: how many it sent and how many the outbox dropped (queue full).
+Each event is `WRITE proc=probe run=RUN seq=N`. It prints a JSON line when
+all are queued, and one when done: how many it sent and how many the outbox
+dropped (queue full). Closing waits up to a minute for the logger.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def send(endpoint: str, run: str, count: int, rate: float) -> dict[str, int]:
                 if delay > 0:
                     time.sleep(delay)
             outbox.event(bus.EventType.WRITE, run=run, seq=seq)
+        print(json.dumps({"queued": count}), flush=True)
     finally:
         outbox.close(timeout_s=90.0)
     return {"sent": count, "dropped": outbox.dropped}

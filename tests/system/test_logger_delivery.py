@@ -166,13 +166,17 @@ def big_log_service(service_factory: type[Service]) -> Service:
     return service_factory(log_max_bytes=64_000_000).start()
 
 
+# What the logger had received but not written when it went away: its
+# backlog at that instant. On a quiet machine a handful; on two busy cores
+# it has been a few hundred at 5000 events/s. Never more than one queue.
+MAX_LOST = 1000
+
+
 def test_sigkill_of_the_logger_under_load(big_log_service: Service) -> None:
     svc = big_log_service
     old_pid = svc.pid_of("logger")
     result = measure(svc, "sigkill", kill_logger, count=6000, rate=1000)
-    # What was sent while the logger was down was kept and delivered; only
-    # what the dead logger held is gone, a small window.
-    assert result.delivered >= result.sent - 200, result.summary()
+    assert result.lost <= MAX_LOST, result.summary()
     assert result.duplicates == 0 and result.dropped_by_sender == 0
     # And the listener's ERROR about the crash, sent while no logger ran, arrived.
     svc.wait_event("ERROR", program="logger", pid=str(old_pid))
@@ -180,8 +184,40 @@ def test_sigkill_of_the_logger_under_load(big_log_service: Service) -> None:
 
 def test_supervisorctl_stop_start_of_the_logger_under_load(big_log_service: Service) -> None:
     result = measure(big_log_service, "stop-start", stop_start_logger, count=6000, rate=1000)
-    assert result.delivered >= result.sent - 200, result.summary()
+    assert result.lost <= MAX_LOST, result.summary()
     assert result.duplicates == 0 and result.dropped_by_sender == 0
+
+
+def test_events_sent_while_the_logger_is_stopped_arrive_when_it_is_back(
+    big_log_service: Service,
+) -> None:
+    svc = big_log_service
+    # Given no logger
+    assert "stopped" in svc.supervisorctl("stop", "logger").stdout
+    run = f"away-{os.getpid()}"
+    probe = ProbeLines(svc, run)
+    # When a sender sends 2000 events (they wait in its queue; it waits to deliver them)
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "support.probe", bus.logger_endpoint(svc.run_dir), run, "2000", "0"],
+        cwd=TESTS_DIR,
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sender.stdout is not None
+        assert json.loads(sender.stdout.readline()) == {"queued": 2000}
+        assert probe.poll() == []
+        # Then, once the logger is started again, every one of them is written, in order.
+        assert "started" in svc.supervisorctl("start", "logger").stdout
+        poll_for(lambda: len(probe.poll()) == 2000, 60, "all 2000 events")
+        out, _ = sender.communicate(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait(10)
+    assert json.loads(out.strip().splitlines()[-1]) == {"sent": 2000, "dropped": 0}
+    assert probe.seqs == list(range(2000))
 
 
 @pytest.mark.slow
