@@ -3,7 +3,8 @@
 Binds the logger endpoint (PULL); every other process pushes Event messages.
 The lock comes first: a second logger on the same log directory exits with
 UNAVAILABLE before it binds the socket or opens a log file. On stop it
-drains what is queued, fsyncs and exits.
+takes what is still queued, closes the socket, writes it,
+fsyncs and exits.
 
 The receive queue (RECV_HWM) is a trade-off, measured. What waits in a
 sender's queue survives a crash of the logger and goes to the next one; what
@@ -35,6 +36,8 @@ from storscp.runtime import StopFlag, die_with_parent
 PROC = "logger"
 POLL_MS = 200
 DRAIN_S = 1.0
+# Senders silent this long at a stop: everything they sent is in.
+QUIET_MS = 100
 # Messages the logger's own ZeroMQ queue may hold per sender (see above).
 RECV_HWM = bus.SEND_HWM
 MAX_ERROR_SAMPLE = 200
@@ -103,7 +106,7 @@ def open_log(config: Config) -> tuple[int, AlternatingLog]:
 
 
 def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
-    """Write events until stopped, then drain for up to DRAIN_S."""
+    """Write events until stopped, then drain for up to DRAIN_S and close the socket."""
     while not stop.requested.is_set():
         if writer.accepting:
             if sock.poll(POLL_MS):  # at once if anything is queued
@@ -111,12 +114,28 @@ def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
         else:
             stop.requested.wait(POLL_MS / 1000)
         writer.tick()
-    # Drain: the other components may still be saying goodbye.
+    for frames in drain(sock, stop):
+        handle(frames, writer)
+
+
+def drain(sock: zmq.Socket[bytes], stop: StopFlag) -> list[list[bytes]]:
+    """Take what is queued until the senders are quiet (or DRAIN_S), then close.
+
+    The other components may still be saying goodbye. Receiving only, and
+    writing after the socket is closed, keeps what the socket holds at the
+    close small: a message still in a sender's queue goes to the next
+    logger, one already in ours would be lost.
+    """
+    frames: list[list[bytes]] = []
     deadline = time.monotonic() + DRAIN_S
-    while time.monotonic() < deadline and not stop.urgent.is_set() and writer.accepting:
-        if not sock.poll(100):
-            break
-        receive_all(sock, writer)
+    while time.monotonic() < deadline and not stop.urgent.is_set():
+        try:
+            frames.append(sock.recv_multipart(flags=zmq.NOBLOCK))
+        except zmq.Again:
+            if not sock.poll(QUIET_MS):
+                break
+    sock.close()
+    return frames
 
 
 def main(argv: list[str] | None = None) -> int:

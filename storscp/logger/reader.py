@@ -7,8 +7,8 @@ Following survives alternation. For each file we remember how far we have
 read its current *generation* and its first bytes; a file that got shorter
 or starts differently was emptied by the logger and is read from 0 again.
 Each poll reads the older file first, then the newer, up to the sizes seen
-when the poll began, and stats them older first: whatever alternation
-happens meanwhile, lines come out in the order they were written. Only if
+when the poll began, and is done again if the logger alternated meanwhile:
+lines come out in the order they were written. Only if
 the logger alternates twice between two polls (a whole file written in one
 poll interval) is the end of the overwritten generation lost; `lost` says so.
 """
@@ -16,10 +16,10 @@ poll interval) is the end of the overwritten generation lost; `lost` says so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from storscp.logger.logfile import log_paths, newest_index
+from storscp.logger.logfile import log_paths
 
 HEAD_BYTES = 64
 
@@ -41,21 +41,37 @@ class LogFollower:
 
     def poll(self) -> list[bytes]:
         """Complete new lines, newline included, oldest first."""
-        previous_newest = self._newest
-        sizes: dict[int, int] = {}
-        for index in (1 - previous_newest, previous_newest):
+        for _attempt in range(3):
+            previous_newest = self._newest
+            before = self._stat(1 - previous_newest, previous_newest)
+            if not before:
+                return []
+            newest = _newest_of(before)
+            saved = ([replace(st) for st in self._state], self.lost)
+            lines: list[bytes] = []
+            for index in (1 - newest, newest):
+                if index in before:
+                    size = before[index][1]
+                    lines += self._read_new(index, size, index == previous_newest)
+            # An alternation while we read would put its first lines before the
+            # old file's last ones: forget this read and do it again.
+            after = self._stat(1 - newest, newest)
+            if not after or _newest_of(after) == newest:
+                self._newest = newest
+                return lines
+            self._state, self.lost = saved
+        return []
+
+    def _stat(self, *indexes: int) -> dict[int, tuple[int, int]]:
+        """index -> (mtime_ns, size) of the files that exist, stat'ed in this order."""
+        found: dict[int, tuple[int, int]] = {}
+        for index in indexes:
             try:
-                sizes[index] = os.stat(self.paths[index]).st_size
+                st = os.stat(self.paths[index])
             except FileNotFoundError:
                 continue
-        if not sizes:
-            return []
-        self._newest = newest_index(self.paths) if len(sizes) == 2 else next(iter(sizes))
-        lines: list[bytes] = []
-        for index in (1 - self._newest, self._newest):
-            if index in sizes:
-                lines += self._read_new(index, sizes[index], index == previous_newest)
-        return lines
+            found[index] = (st.st_mtime_ns, st.st_size)
+        return found
 
     def _read_new(self, index: int, size: int, was_newest: bool) -> list[bytes]:
         state = self._state[index]
@@ -82,6 +98,11 @@ class LogFollower:
         if len(state.head) < HEAD_BYTES:
             state.head = head[: min(HEAD_BYTES, state.consumed)]
         return [line + b"\n" for line in data[: end - 1].split(b"\n")]
+
+
+def _newest_of(stats: dict[int, tuple[int, int]]) -> int:
+    """As logfile.newest_index: newer mtime, then the smaller file."""
+    return max(stats, key=lambda i: (stats[i][0], -stats[i][1]))
 
 
 def read_lines(log_dir: Path) -> list[bytes]:
