@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def measure(
             "a quarter of the events in the log",
             interval_s=0.1,
         )
+        wait_logger_running(svc)
         disrupted_after = max(probe.poll())
         disrupt(svc)
         out, _ = sender.communicate(timeout=count / rate + 120)
@@ -145,8 +147,19 @@ def measure(
     return result
 
 
+def wait_logger_running(svc: Service) -> None:
+    """Supervisor counts a death within startsecs as a failed start (FATAL after 3)."""
+    poll_for(
+        lambda: re.search(r"^logger\s+RUNNING", svc.supervisorctl("status", "logger").stdout),
+        30,
+        "the logger RUNNING",
+        interval_s=0.2,
+    )
+
+
 def kill_logger(svc: Service) -> None:
     """kill -9 our logger (its pid from its START), wait for the next one."""
+    wait_logger_running(svc)
     pid = svc.pid_of("logger")
     os.kill(pid, signal.SIGKILL)
     poll_for(lambda: svc.pid_of("logger") != pid, 60, "a new logger START", interval_s=0.1)
@@ -154,6 +167,7 @@ def kill_logger(svc: Service) -> None:
 
 def stop_start_logger(svc: Service) -> None:
     """supervisorctl stop logger, then start; both wait for the state change."""
+    wait_logger_running(svc)
     pid = svc.pid_of("logger")
     assert "stopped" in svc.supervisorctl("stop", "logger").stdout
     assert "started" in svc.supervisorctl("start", "logger").stdout
