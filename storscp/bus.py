@@ -131,12 +131,22 @@ def decode(frames: list[bytes]) -> Message:
             return stored
         if kind == Event.KIND:
             body["type"] = EventType(body["type"])
-            if not isinstance(body.get("fields"), dict):
-                raise BusError("event fields must be an object", frames)
-            return Event(**body)
+            event = Event(**body)
+            _check_event(event, frames)
+            return event
     except (TypeError, ValueError, KeyError) as exc:
         raise BusError(f"malformed {kind!r} message: {exc}", frames) from None
     raise BusError(f"unknown message kind {kind!r}", frames)
+
+
+def _check_event(event: Event, frames: list[bytes]) -> None:
+    if not isinstance(event.proc, str) or not isinstance(event.time, str):
+        raise BusError("event proc and time must be strings", frames)
+    if not isinstance(event.fields, dict):
+        raise BusError("event fields must be an object", frames)
+    for key, value in event.fields.items():
+        if not isinstance(value, str | int | float | bool | None):
+            raise BusError(f"event field {key!r} must be a scalar", frames)
 
 
 def _check_types(msg: InstanceStored, frames: list[bytes]) -> None:

@@ -1,4 +1,4 @@
-"""The `storscp` command: run, start, stop, restart, status, config.
+"""The `storscp` command: run, start, stop, restart, status, config, logs.
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
@@ -25,6 +25,8 @@ from typing import NoReturn
 from storscp import __version__, bus, preflight
 from storscp.config import KEYS, Config, ConfigError, ConfigNotReadable, flag_for, load
 from storscp.exitcodes import ExitCode
+from storscp.logger.lock import LogDirLocked, check_log_dir_free
+from storscp.logger.reader import LogFollower
 from storscp.preflight import CommandError, NotPermitted
 from storscp.supervisor import conf, control
 from storscp.supervisor.exits import last_exit, last_line, startup_reason
@@ -41,6 +43,10 @@ STATUS_UNKNOWN = 4  # not allowed to ask
 
 FAILED_PREFIX = {"run": "start failed: ", "start": "start failed: ", "restart": "restart failed: "}
 CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
+# How often `storscp logs -f` looks for new lines: well under the time the
+# logger needs to fill a whole file, so no alternation goes unseen.
+FOLLOW_INTERVAL_S = 0.1
+FOLLOW_BUSY_INTERVAL_S = 0.01
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
         ("config", "print the effective configuration as TOML"),
     ):
         sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    logs_help = "print storscp1.log and storscp2.log as one stream, oldest first"
+    logs = sub.add_parser("logs", parents=[common], help=logs_help, description=logs_help)
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines, across alternations"
+    )
+    logs.add_argument(
+        "-n", "--lines", type=_count, metavar="N", help="print only the last N lines first"
+    )
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of lines, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: getattr(args, key) for key in KEYS}
     try:
         config = load(args.config, overrides)
+        if command == "logs":
+            return cmd_logs(config, args.follow, args.lines)
         return COMMANDS[command](config)
     except ConfigNotReadable as exc:
         if command in CONTROL_COMMANDS:
@@ -104,6 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.SOFTWARE
 
 
+def _check_log_dir_free(config: Config) -> None:
+    """Another service (another run_dir) logging there would make two writers."""
+    try:
+        check_log_dir_free(config.log_dir)
+    except LogDirLocked as exc:
+        raise CommandError(ExitCode.UNAVAILABLE, str(exc)) from None
+    except OSError as exc:
+        raise CommandError(
+            ExitCode.CANTCREAT, f"log_dir {config.log_dir} is not usable: {exc}"
+        ) from None
+
+
 def _not_permitted(command: str, detail: str) -> int:
     print(PRIVILEGES_MESSAGE, file=sys.stderr)
     print(f"storscp: {detail}", file=sys.stderr)
@@ -124,6 +162,8 @@ def prepare(config: Config, *, running: Config | None = None) -> Config:
     preflight.require_root_for(account)
     preflight.prepare_storage(config, account)
     preflight.prepare_log_dir(config, account)
+    if running is None or running.log_dir != config.log_dir:
+        _check_log_dir_free(config)  # a service being restarted holds its own
     preflight.prepare_run_dir(config, account)
     preflight.check_account(config, account)
     config = preflight.with_ports(config, running)
@@ -390,6 +430,40 @@ def _details(config: Config, p: control.ProcessInfo) -> str:
 def _hms(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def cmd_logs(config: Config, follow: bool, last: int | None) -> int:
+    """Print both log files as one stream; with `follow`, keep printing."""
+    follower = LogFollower(config.log_dir)
+    out = sys.stdout.buffer
+    try:
+        lines = follower.poll()
+        if not lines and not follow and not any(p.exists() for p in follower.paths):
+            raise CommandError(ExitCode.NOINPUT, f"no log files in {config.log_dir}")
+        out.writelines(lines if last is None else lines[len(lines) - last :])
+        out.flush()
+        lost = 0
+        while follow:
+            # Busy log: look again soon, so no file fills up between two looks.
+            time.sleep(FOLLOW_BUSY_INTERVAL_S if lines else FOLLOW_INTERVAL_S)
+            lines = follower.poll()
+            out.writelines(lines)
+            out.flush()
+            if follower.lost > lost:
+                lost = follower.lost
+                print(
+                    "storscp: the log alternated twice between two reads;"
+                    " some lines were overwritten before they could be shown",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    except BrokenPipeError:
+        # The reader went away (`storscp logs | head`): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+    return ExitCode.OK
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:

@@ -27,9 +27,15 @@ _STOP = object()
 class Outbox:
     """Non-blocking delivery of bus messages to the committer and logger."""
 
-    def __init__(self, proc: str, endpoints: dict[str, str]) -> None:
-        """`endpoints` maps a route name ("logger", "committer") to its address."""
+    def __init__(
+        self, proc: str, endpoints: dict[str, str], linger_ms: int = bus.LINGER_MS
+    ) -> None:
+        """`endpoints` maps a route name ("logger", "committer") to its address.
+
+        `linger_ms`: how long `close` may spend delivering what is still queued.
+        """
         self.proc = proc
+        self._linger_ms = linger_ms
         self._endpoints = endpoints
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"outbox-{proc}", daemon=True)
@@ -61,7 +67,7 @@ class Outbox:
             for route, address in self._endpoints.items():
                 sock: zmq.Socket[bytes] = context.socket(zmq.PUSH)
                 sock.setsockopt(zmq.SNDHWM, bus.SEND_HWM)
-                sock.setsockopt(zmq.LINGER, bus.LINGER_MS)
+                sock.setsockopt(zmq.LINGER, self._linger_ms)
                 sock.connect(address)
                 sockets[route] = sock
             self._ready.set()

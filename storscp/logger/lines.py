@@ -1,69 +1,176 @@
 """One event -> one log line, with nothing a peer can use to forge a line.
 
 `<ISO-8601 time with offset> <EVENT> key=value ...`. A value with spaces,
-quotes, '=', backslashes or nothing at all is double-quoted; control
-characters (newlines included) are escaped, so a hostile AE title or UID
-can never split a line or fake another event.
+quotes, '=', backslashes or nothing at all is double-quoted; control and
+format characters (newlines and Unicode line separators included) are
+escaped, so a hostile AE title or UID can never split a line or fake another
+event. A line longer than the file limit is shortened field by field and
+ends with `cut=true`, so it still parses.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from datetime import datetime
 
 from storscp import bus
 
 _KEY_RE = re.compile(r"[^a-z0-9_]")
-_PLAIN_RE = re.compile(r'^[^\s"\\=\x00-\x1f\x7f-\x9f]+$')
+MAX_KEY_CHARS = 64
+# Printable ASCII except space, '"', '=' and '\\': written as is.
+_PLAIN_ASCII_RE = re.compile(r"^[!#-<>-\[\]-~]+$")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-CUT_MARKER = " [cut]"
+# The mark of a shortened line: a field, so the line still parses.
+CUT_FIELD = "cut=true"
+# Longest timestamp we accept from a sender ("2026-11-27T19:56:41.582123+05:45").
+MAX_TIME_CHARS = 40
 
 
-def format_value(value: bus.FieldValue) -> str:
-    if value is None:
-        return '""'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value)
-    if _PLAIN_RE.match(text):
-        return text
-    return '"' + "".join(_escape(ch) for ch in text) + '"'
+def _needs_escape(ch: str) -> bool:
+    """Control, format, surrogate, private-use, unassigned, line/paragraph separators."""
+    code = ord(ch)
+    if code < 0x80:
+        return code < 0x20 or code == 0x7F
+    category = unicodedata.category(ch)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+def _is_plain(text: str) -> bool:
+    if _PLAIN_ASCII_RE.match(text):
+        return True
+    return bool(text) and all(
+        not ch.isspace() and ch not in '"=\\' and not _needs_escape(ch) for ch in text
+    )
 
 
 def _escape(ch: str) -> str:
     if ch in _ESCAPES:
         return _ESCAPES[ch]
+    if not _needs_escape(ch):
+        return ch
     code = ord(ch)
-    if code < 0x20 or 0x7F <= code <= 0x9F or ch in "\u2028\u2029":
-        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-    return ch
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _text(value: bus.FieldValue) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def quote(text: str) -> str:
+    """`text` as it appears after `key=`: bare if safe, else quoted and escaped."""
+    if _is_plain(text):
+        return text
+    return '"' + "".join(_escape(ch) for ch in text) + '"'
+
+
+def format_value(value: bus.FieldValue) -> str:
+    return quote(_text(value))
 
 
 def format_key(key: str) -> str:
-    return _KEY_RE.sub("_", key.lower()) or "_"
+    return _KEY_RE.sub("_", key.lower())[:MAX_KEY_CHARS] or "_"
+
+
+def _head(event: bus.Event) -> str:
+    return f"{safe_time(event.time)} {event.type.value}"
+
+
+def _pairs(event: bus.Event) -> list[tuple[str, str]]:
+    pairs = [("proc", _text(event.proc))]
+    pairs += [(format_key(k), _text(v)) for k, v in event.fields.items() if k != "proc"]
+    return pairs
 
 
 def format_event(event: bus.Event) -> str:
-    """The line for `event`, newline included."""
-    parts = [_safe_time(event.time), event.type.value, f"proc={format_value(event.proc)}"]
-    for key, value in event.fields.items():
-        if key == "proc":
-            continue
-        parts.append(f"{format_key(key)}={format_value(value)}")
-    return " ".join(parts) + "\n"
+    """The line for `event`, newline included, whatever its length."""
+    return _head(event) + "".join(f" {k}={quote(v)}" for k, v in _pairs(event)) + "\n"
 
 
-def _safe_time(text: str) -> str:
-    """The sender's timestamp, unless it could break the line."""
-    if _PLAIN_RE.match(text):
-        return text
+def encode_event(event: bus.Event, max_bytes: int) -> bytes:
+    """The UTF-8 line for `event`, at most `max_bytes` long.
+
+    A line that does not fit has its longest values shortened (never below
+    MIN_CUT_CHARS), then its last fields dropped, and is marked `cut=true`:
+    the reader still sees the event, its type and its short fields.
+    """
+    line = format_event(event).encode("utf-8")
+    if len(line) <= max_bytes:
+        return line
+    head = _head(event)
+    budget = max_bytes - len(f" {CUT_FIELD}\n") - len(head.encode("utf-8"))
+    # No value can be longer than the whole line; keep only fields whose key fits.
+    pairs: list[tuple[str, str]] = []
+    minimum = 0
+    for key, value in _pairs(event):
+        minimum += len(key) + 4  # ' k=""'
+        if minimum > budget:
+            break
+        pairs.append((key, value[:max_bytes]))
+    sizes = [_field_size(k, v) for k, v in pairs]
+    total = sum(sizes)
+    for i in sorted(range(len(pairs)), key=lambda j: sizes[j], reverse=True):
+        if total <= budget:
+            break
+        key, value = pairs[i]
+        value = _shorten(key, value, sizes[i] - (total - budget))
+        pairs[i] = (key, value)
+        total -= sizes[i]
+        sizes[i] = _field_size(key, value)
+        total += sizes[i]
+    while total > budget and len(pairs) > 1:
+        pairs.pop()
+        total -= sizes.pop()
+    line = (head + "".join(f" {k}={quote(v)}" for k, v in pairs) + f" {CUT_FIELD}\n").encode()
+    return cut_line(line, max_bytes)
+
+
+MIN_CUT_CHARS = 32
+
+
+def _field_size(key: str, value: str) -> int:
+    return len(f" {key}={quote(value)}".encode())
+
+
+def _shorten(key: str, value: str, size: int) -> str:
+    """The longest prefix of `value` (at least MIN_CUT_CHARS) whose field fits `size`."""
+    low, high = min(MIN_CUT_CHARS, len(value)), len(value)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _field_size(key, value[:mid]) <= size:
+            low = mid
+        else:
+            high = mid - 1
+    return value[:low]
+
+
+def safe_time(text: str) -> str:
+    """The sender's timestamp if it is ISO-8601 with an offset, else now."""
+    if len(text) <= MAX_TIME_CHARS and _PLAIN_ASCII_RE.match(text):
+        try:
+            if datetime.fromisoformat(text).tzinfo is not None:
+                return text
+        except ValueError:
+            pass
     return bus.now_iso()
 
 
 def cut_line(line: bytes, max_bytes: int) -> bytes:
-    """Shorten an over-long line to `max_bytes`, marked, on a UTF-8 boundary."""
+    """Shorten an over-long line to `max_bytes`, marked, on a UTF-8 boundary.
+
+    The last resort for bytes that are not a formatted event.
+    """
     if len(line) <= max_bytes:
         return line
-    marker = CUT_MARKER.encode() + b"\n"
+    marker = f" {CUT_FIELD}\n".encode()
     keep = line[: max(0, max_bytes - len(marker))]
     text = keep.decode("utf-8", errors="ignore")
     return text.encode("utf-8") + marker
@@ -91,6 +198,8 @@ class ParsedLine:
 
 
 _UNESCAPES = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 
 
 def parse_line(line: str) -> ParsedLine | None:
@@ -131,14 +240,14 @@ def _read_quoted(text: str, i: int) -> tuple[str, int]:
                 out.append(_UNESCAPES[nxt])
                 i += 2
                 continue
-            if nxt == "x" and i + 3 < len(text):
-                out.append(chr(int(text[i + 2 : i + 4], 16)))
-                i += 4
-                continue
-            if nxt == "u" and i + 5 < len(text):
-                out.append(chr(int(text[i + 2 : i + 6], 16)))
-                i += 6
-                continue
+            width = _HEX_ESCAPES.get(nxt, 0)
+            digits = text[i + 2 : i + 2 + width]
+            if width and len(digits) == width and _HEX_RE.match(digits):
+                code = int(digits, 16)
+                if code <= 0x10FFFF:
+                    out.append(chr(code))
+                    i += 2 + width
+                    continue
         out.append(ch)
         i += 1
     return "".join(out), i

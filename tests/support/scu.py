@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pynetdicom import AE
@@ -60,11 +60,13 @@ def pynetdicom_store(
     *,
     called_ae: str = "STORSCP",
     calling_ae: str = "PYSCU",
+    after_each: Callable[[Path, int | None], None] | None = None,
 ) -> list[int | None]:
     """Send (path, sop_class, transfer_syntax) files over one association, raw.
 
     With STORE_SEND_CHUNKED_DATASET pynetdicom sends the file's dataset bytes
     exactly as they are on disk. Returns each C-STORE's status (None: no answer).
+    `after_each(path, status)` runs after each answer, before the next send.
     """
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_ae)
@@ -77,6 +79,8 @@ def pynetdicom_store(
         for path, _cls, _ts in files:
             rsp = assoc.send_c_store(path)
             statuses.append(int(rsp.Status) if "Status" in rsp else None)
+            if after_each is not None:
+                after_each(path, statuses[-1])
     finally:
         if assoc.is_established:
             assoc.release()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from storscp.logger.lines import ParsedLine, parse_line
+from storscp.logger.reader import read_lines
 
 T = TypeVar("T")
 
@@ -147,10 +148,26 @@ class Service:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout_s: float = 30.0) -> Service:
-        """`storscp run` in its own session; returns once all four components STARTed."""
+        """`storscp run` (or again after a stop); returns once every component STARTed anew."""
+        self._record_pids()
+        known = set(self.pids)
+        self.launch()
+        return self.wait_started(known, timeout_s)
+
+    def wait_started(self, known: set[int], timeout_s: float = 30.0) -> Service:
+        """Wait for a START of every component with a pid not in `known`."""
+        poll_for(
+            lambda: self._all_started(known) or self._died(),
+            timeout_s,
+            "all four components to START",
+        )
+        self._read_port()
+        return self
+
+    def launch(self) -> None:
+        """`storscp run` in its own session, without waiting for anything."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        starts_before = len(self.events("START"))
         out = open(self.root / "storscp-run.out", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*self.cli_argv, "run", "-c", str(self.config_path)],
@@ -161,24 +178,18 @@ class Service:
         )
         out.close()
         self.supervisord_pids.add(self.proc.pid)
-        poll_for(
-            lambda: self._all_started(starts_before) or self._died(),
-            timeout_s,
-            "all four components to START",
-        )
-        self._read_port()
-        return self
 
     def start_daemon(self, timeout_s: float = 30.0) -> Service:
         """`storscp start`; returns once it said so and all four components STARTed."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        starts_before = len(self.events("START"))
+        self._record_pids()
+        known = set(self.pids)
         result = self.command("start", timeout_s=120)
         assert result.returncode == 0, f"storscp start: {result.stdout}{result.stderr}"
         assert result.stdout.strip().splitlines()[-1] == "start request issued", result.stdout
         self.supervisord_pids.add(self.supervisord_pid())
-        poll_for(lambda: self._all_started(starts_before), timeout_s, "all four components")
+        poll_for(lambda: self._all_started(known), timeout_s, "all four components")
         self._read_port()
         return self
 
@@ -188,7 +199,6 @@ class Service:
         self.port = int(receiver["port"])
         tls_port = receiver.get("tls_port")
         self.tls_port = int(tls_port) if tls_port else 0
-        return self
 
     def receiver_count(self) -> int:
         """How many receiver processes this service runs (`receivers`, 0: one per core)."""
@@ -220,14 +230,29 @@ class Service:
             raise AssertionError(f"storscp run exited with {self.proc.returncode}: {self.output()}")
         return False
 
-    def _all_started(self, after: int = 0) -> bool:
-        """Whether all four components STARTed among the START events after the first `after`."""
-        starts = self.events("START")
-        for e in starts:
+    def _record_pids(self) -> None:
+        for e in self.events("START"):
             if "pid" in e.fields:
                 self.pids.add(int(e["pid"]))
-        procs = {e["proc"] for e in starts[after:]}
-        return {"receiver", "committer", "logger", "listener"} <= procs
+
+    def _all_started(self, known: set[int] | frozenset[int] | int = frozenset()) -> bool:
+        """Every component has a START that is new: after the first `known` START
+        events (an int), or with a pid not in `known` (a set)."""
+        starts = self.events("START")
+        self._record_pids()
+        if isinstance(known, int):
+            fresh = starts[known:]
+        else:
+            fresh = [e for e in starts if int(e.get("pid") or 0) not in known]
+        procs = {e["proc"] for e in fresh}
+        receivers = sum(1 for e in fresh if e["proc"] == "receiver")
+        return {"committer", "logger", "listener"} <= procs and receivers >= self.receiver_count()
+
+    def pid_of(self, proc: str) -> int:
+        """The pid in the last START of `proc`."""
+        start = self.last_start(proc)
+        assert start is not None, f"no START of {proc}"
+        return int(start["pid"])
 
     def output(self) -> str:
         try:
@@ -239,16 +264,11 @@ class Service:
 
     def log_lines(self) -> list[ParsedLine]:
         """Both log files as one stream, older file first."""
-        files = [
-            p for p in (self.log_dir / "storscp1.log", self.log_dir / "storscp2.log") if p.exists()
-        ]
-        files.sort(key=lambda p: (p.stat().st_mtime_ns, -p.stat().st_size))
         out: list[ParsedLine] = []
-        for path in files:
-            for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                parsed = parse_line(raw)
-                if parsed is not None:
-                    out.append(parsed)
+        for raw in read_lines(self.log_dir):
+            parsed = parse_line(raw.decode("utf-8", errors="replace"))
+            if parsed is not None:
+                out.append(parsed)
         return out
 
     def events(self, type_: str | None = None, **match: str) -> list[ParsedLine]:

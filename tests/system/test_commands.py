@@ -238,6 +238,25 @@ def test_component_that_cannot_start_goes_fatal_and_status_says_degraded(
 def test_start_fails_and_says_why_when_a_component_goes_fatal(
     service_factory: type[Service],
 ) -> None:
+    # Given: a TLS certificate that is readable (so the configuration loads)
+    # but is not a certificate, which only the receiver finds out.
+    bogus = service_factory().root / "bogus.pem"
+    bogus.write_text("not a certificate\n")
+    svc = service_factory(tls={"port": 0, "certificate": str(bogus), "private_key": str(bogus)})
+    svc.storage_dir.mkdir()
+    svc.write_config()
+    result = svc.command("start")
+    assert_no_traceback(result)
+    assert result.returncode == 78, result.stderr
+    assert result.stderr.startswith("start failed: receiver"), result.stderr
+    assert "cannot be loaded" in result.stderr, result.stderr
+    assert svc.command("status").stdout == "service not running\n"
+    assert svc.live_components() == []
+
+
+def test_second_logger_on_the_same_log_dir_is_refused_before_start(
+    service_factory: type[Service],
+) -> None:
     svc = service_factory()
     svc.storage_dir.mkdir()
     svc.log_dir.mkdir()
@@ -252,9 +271,7 @@ def test_start_fails_and_says_why_when_a_component_goes_fatal(
         os.close(fd)
     assert_no_traceback(result)
     assert result.returncode == 69, result.stderr
-    assert result.stderr.startswith(
-        f"start failed: logger: another storscp logger (pid {os.getpid()}) is writing to"
-    ), result.stderr
+    assert f"another storscp logger (pid {os.getpid()}) is writing to" in result.stderr
     # No half service is left behind.
     assert svc.command("status").stdout == "service not running\n"
     assert svc.live_components() == []

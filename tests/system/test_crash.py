@@ -103,7 +103,7 @@ def test_kill_9_component_loses_no_acknowledged_instance(
     pool = start_senders(svc, batches)
 
     # When: one process of the program dies without warning (the first one, if several).
-    victim = svc.running_pids(program)[0]
+    victim = poll_for(lambda: svc.running_pids(program), 30, f"{program} RUNNING")[0]
     os.kill(victim, signal.SIGKILL)
     recovery_s = svc.wait_running_again(program, victim, RECOVERY_LIMIT_S)
 

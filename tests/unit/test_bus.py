@@ -25,6 +25,11 @@ def test_event_round_trips_with_unicode_and_control_characters() -> None:
         [b"stored", b'{"v": 1, "depot_name": 3}'],
         [b"event", b'{"v": 1, "type": "NOPE", "proc": "x", "fields": {}, "time": "t"}'],
         [b"pickle", b'{"v": 1}'],
+        [b"event", b'{"v": 1, "type": "WRITE", "proc": 7, "fields": {}, "time": "t"}'],
+        [b"event", b'{"v": 1, "type": "WRITE", "proc": "x", "fields": {}, "time": []}'],
+        [b"event", b'{"v": 1, "type": "WRITE", "proc": "x", "fields": [], "time": "t"}'],
+        [b"event", b'{"v": 1, "type": "WRITE", "proc": "x", "fields": {"a": {}}, "time": "t"}'],
+        [b"event", b'{"v": 1, "type": "WRITE", "proc": "x", "fields": {}, "extra": 1}'],
     ],
 )
 def test_malformed_frames_raise_bus_error_and_keep_them(frames: list[bytes]) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from storscp.logger.logfile import AlternatingLog
+from storscp.logger.logfile import AlternatingLog, oldest_first
 
 LIMIT = 100
 
@@ -47,7 +49,8 @@ def test_line_longer_than_limit_is_cut_not_dropped(tmp_path: Path) -> None:
     log.write_line(line(1))
     log.write_line(b"x" * 500 + b"\n")
     data = (tmp_path / "storscp2.log").read_bytes()
-    assert len(data) <= LIMIT and data.endswith(b" [cut]\n")
+    assert len(data) == LIMIT and data.endswith(b" cut=true\n")
+    assert data.startswith(b"x" * 80)
 
 
 def test_restart_continues_in_the_file_written_last(tmp_path: Path) -> None:
@@ -91,3 +94,76 @@ def test_newer_file_deleted(tmp_path: Path) -> None:
     assert log.current == 0 and log.size == 100
     log.write_line(line(7))  # file 1 is full: switch to a new file 2
     assert sizes(tmp_path) == (100, 20)
+
+
+def test_one_byte_under_stays_one_byte_over_switches(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    log.write_line(b"a" * 98 + b"\n")  # 99
+    log.write_line(b"\n")  # 100: exactly at the limit, stays
+    assert sizes(tmp_path) == (100, -1)
+    log.write_line(b"\n")  # 101 would be over: switch
+    assert sizes(tmp_path) == (100, 1)
+
+
+def test_current_file_deleted_while_running_is_created_again(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    log.write_line(line(0))
+    (tmp_path / "storscp1.log").unlink()
+    log.write_line(line(1))
+    assert (tmp_path / "storscp1.log").read_bytes() == line(1)
+
+
+def test_current_file_emptied_by_hand_is_measured_again(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(4):
+        log.write_line(line(i))
+    (tmp_path / "storscp1.log").write_bytes(b"")
+    for i in range(4, 9):
+        log.write_line(line(i))  # five lines fit again: no early switch
+    assert sizes(tmp_path) == (100, -1)
+
+
+def test_restart_after_a_crash_mid_line_does_not_glue_lines(tmp_path: Path) -> None:
+    (tmp_path / "storscp1.log").write_bytes(line(0) + b"0001 half a li")
+    log = AlternatingLog(tmp_path, LIMIT)
+    log.write_line(line(2))
+    assert (tmp_path / "storscp1.log").read_bytes() == line(0) + b"0001 half a li\n" + line(2)
+
+
+SHORT_WRITE = """
+import os, resource, signal, sys
+from pathlib import Path
+from storscp.logger.logfile import AlternatingLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (150, 150))
+log = AlternatingLog(Path(sys.argv[1]), 1000)
+log.write_line(b"a" * 59 + b"\\n")
+log.write_line(b"b" * 59 + b"\\n")
+try:
+    log.write_line(b"c" * 59 + b"\\n")  # the kernel writes 30 of these 60 bytes
+except OSError as exc:
+    print("failed:", exc)
+"""
+
+
+def test_a_short_write_leaves_no_partial_line(tmp_path: Path) -> None:
+    # A real short write from the kernel: a file size limit stops it at 150 bytes.
+    result = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "short write (30 of 60 bytes)" in result.stdout, result.stdout
+    assert (tmp_path / "storscp1.log").read_bytes() == b"a" * 59 + b"\n" + b"b" * 59 + b"\n"
+
+
+def test_oldest_first_orders_by_mtime(tmp_path: Path) -> None:
+    log = AlternatingLog(tmp_path, LIMIT)
+    for i in range(7):
+        log.write_line(line(i))
+    os.utime(tmp_path / "storscp1.log", ns=(1, 1))
+    assert [p.name for p in oldest_first(log.paths)] == ["storscp1.log", "storscp2.log"]
+    (tmp_path / "storscp1.log").unlink()
+    assert [p.name for p in oldest_first(log.paths)] == ["storscp2.log"]

@@ -1,0 +1,93 @@
+"""The logger's writer on a failing disk: /dev/full gives a real ENOSPC."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from storscp import bus
+from storscp.logger import writer as writer_module
+from storscp.logger.lines import parse_line
+from storscp.logger.logfile import AlternatingLog
+from storscp.logger.writer import LogWriter
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+
+
+class Clock:
+    """A clock the test moves, so retries happen without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(n: int) -> bus.Event:
+    return bus.Event(bus.EventType.WRITE, "committer", {"seq": n})
+
+
+def seqs(path: Path) -> list[str]:
+    lines = [parse_line(raw) for raw in path.read_text().splitlines()]
+    return [str(p.get("seq")) for p in lines if p is not None and p.type == "WRITE"]
+
+
+def test_full_disk_keeps_lines_and_writes_them_when_space_returns(tmp_path: Path) -> None:
+    # Given a log file on a "disk" that is full
+    current = tmp_path / "storscp1.log"
+    current.symlink_to("/dev/full")
+    clock = Clock()
+    writer = LogWriter(AlternatingLog(tmp_path, 100_000), "logger", clock=clock)
+    # When events arrive, they wait in memory; the writer does not raise
+    for n in range(5):
+        writer.write(event(n))
+    assert writer.failure is not None and "No space left" in writer.failure.reason
+    assert len(writer.backlog) == 5
+    writer.tick()  # too early to retry
+    assert len(writer.backlog) == 5
+    # When space returns, the next retry writes them in order, then one ERROR
+    current.unlink()
+    clock.now += writer_module.RETRY_INTERVAL_S
+    writer.tick()
+    assert writer.failure is None and not writer.backlog
+    assert seqs(current) == ["0", "1", "2", "3", "4"]
+    last = parse_line(current.read_text().splitlines()[-1])
+    assert last is not None and last.type == "ERROR" and last["what"] == "log write failed"
+    assert last["lines_dropped"] == "0" and "No space left" in last["reason"]
+    writer.write(event(5))
+    assert seqs(current)[-1] == "5"
+    writer.close()
+
+
+def test_a_full_backlog_stops_accepting_and_counts_what_it_drops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "BACKLOG_MAX_LINES", 3)
+    (tmp_path / "storscp1.log").symlink_to("/dev/full")
+    clock = Clock()
+    writer = LogWriter(AlternatingLog(tmp_path, 100_000), "logger", clock=clock)
+    for n in range(3):
+        writer.write(event(n))
+    assert not writer.accepting
+    writer.write(event(3))
+    assert writer.dropped == 1
+    (tmp_path / "storscp1.log").unlink()
+    clock.now += writer_module.RETRY_INTERVAL_S
+    writer.tick()
+    assert writer.accepting
+    assert seqs(tmp_path / "storscp1.log") == ["0", "1", "2"]
+    assert "lines_dropped=1" in (tmp_path / "storscp1.log").read_text()
+    writer.close()
+
+
+def test_stop_while_failing_puts_the_backlog_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "storscp1.log").symlink_to("/dev/full")
+    writer = LogWriter(AlternatingLog(tmp_path, 100_000), "logger", clock=Clock())
+    writer.write(event(7))
+    writer.close()
+    assert "unwritten: " in capsys.readouterr().err
