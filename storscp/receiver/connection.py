@@ -127,7 +127,10 @@ class Connection:
             self._close()
             if self._slot is not None:
                 self.receiver.association_ended(self._slot)
-                self._association_event(ending, reason=reason, **self._stats_fields())
+                fields = self._stats_fields()
+                if reason:
+                    fields["reason"] = reason
+                self._association_event(ending, **fields)
 
     def abort(self) -> None:
         """Abort from another thread (service stopping): the reader then fails."""

@@ -76,13 +76,21 @@ def make_image(
     rng = random.Random(seed)
     # Values in 0..4095 (12 bits stored), little-endian words.
     pixel_bytes = rows * columns * frames * 2
-    raw = bytearray(rng.randbytes(pixel_bytes))
+    raw = bytearray(_random_bytes(rng, pixel_bytes))
     raw[1::2] = bytes(b & 0x0F for b in raw[1::2]) if pixel_bytes <= 8_000_000 else raw[1::2]
     ds.PixelData = bytes(raw)
     if transfer_syntax == ImplicitVRLittleEndian:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     dcmwrite(path, ds, enforce_file_format=True)
     return uid
+
+
+def _random_bytes(rng: random.Random, n: int) -> bytes:
+    """randbytes() in one call up to 64 MiB (as before), in pieces beyond its limit."""
+    piece = 64 * 1024 * 1024
+    if n <= piece:
+        return rng.randbytes(n)
+    return b"".join(rng.randbytes(min(piece, n - i)) for i in range(0, n, piece))
 
 
 def make_pdf(path: Path, *, seed: int, uid: str | None = None) -> str:
