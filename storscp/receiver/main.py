@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 from storscp import __version__, bus
@@ -45,6 +46,11 @@ def check_depot(config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_component_config(PROC, argv)
+        # pynetdicom only decodes and encodes association PDUs here, so all it
+        # logs is about a peer's bytes (a traceback for each non-ASCII AE
+        # title): any client could fill our stderr log. Every refused request
+        # is already an ERROR event of ours, with pynetdicom's reason in it.
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
         stop = StopFlag()
         stop.install()
         die_with_parent()

@@ -17,6 +17,7 @@ from support.rawscu import (
     IMPLICIT_LE,
     VERIFICATION,
     RawAssociation,
+    associate_rq,
     minimal_dataset,
     p_data,
     store_rq,
@@ -204,3 +205,30 @@ def test_abort_mid_dataset_leaves_no_partial_file(svc: Service) -> None:
     assert not svc.stored_path("1.2.3.77").exists()
     svc.wait_event("ASSOCIATION", state="aborted")
     assert_still_serving(svc, pids)
+
+
+def test_non_ascii_ae_title_leaves_no_traceback_in_receiver_log(svc: Service) -> None:
+    """Found by fuzzing: pynetdicom logged a traceback for every non-ASCII AE title.
+
+    Any client could fill the receiver's stderr log with them; the refusal is
+    already an ERROR event of ours.
+    """
+    # Given: the receiver's stderr log as it is now.
+    pids = receiver_pids(svc)
+    log_path = svc.run_dir / "receiver.out.log"
+    logged_before = log_path.stat().st_size
+    errors_before = len(svc.events("ERROR", what="protocol error"))
+    # When: a request arrives whose Called AE Title is not ASCII.
+    rq = bytearray(associate_rq("RAWSCU", "STORSCP", [(VERIFICATION, [IMPLICIT_LE])]))
+    rq[10:26] = b"\x9cSTORSCP\xff       "
+    with RawAssociation(svc.port) as assoc:
+        assoc.send(bytes(rq))
+        assert assoc.closed_by_peer()
+    # Then: it is refused and reported as an event ...
+    svc.wait_event("ERROR", what="protocol error", count=errors_before + 1)
+    assert_still_serving(svc, pids)
+    # ... and nothing about it went to the receiver's stderr log.
+    with open(log_path, "rb") as fh:
+        fh.seek(logged_before)
+        added = fh.read().decode(errors="replace")
+    assert "Traceback" not in added and "pynetdicom" not in added, added
