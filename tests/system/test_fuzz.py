@@ -1,0 +1,337 @@
+"""Fuzzing the running receiver over real sockets, within a wall-clock budget.
+
+One service for the module (one receiver, 2 s timeouts so that a stalled
+connection ends quickly). Each hypothesis example is one `Attack` from
+`support.fuzzing`: it opens its own connection, associates first if the attack
+says so, sends its bytes, optionally half-closes, reads whatever comes back
+and closes. After every example the receiver must be back to its idle thread
+count (its connection thread ended: no hang), every component must still run
+under its first pid, the depot must hold no instance data, whatever came back
+must be well-formed PDUs, and no component's stderr log (`run/*.out.log`) may
+have gained a Python traceback. Failing any of these fails the example, so
+hypothesis shrinks it to a minimal input.
+
+The budget: hypothesis has no wall-clock limit, so the test runs hypothesis
+in rounds of `ROUND_EXAMPLES` examples, each round a fresh run with a new
+seed, until `STORSCP_FUZZ_SECONDS` (default 60, what `make test` runs) have
+passed. Examples that hypothesis still generates after the deadline within
+the last round return at once and are not counted; once a failure is seen
+the deadline is ignored so that shrinking replays faithfully. Between rounds
+and at the end the service is checked as a whole: a C-ECHO (between rounds)
+and a valid C-STORE (at the end) succeed, open file descriptors are back to
+idle, and no file appeared outside the storage directory. `make fuzz` runs
+the same test for longer (STORSCP_FUZZ_SECONDS, default 1200). The number of
+inputs sent and survived is printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+from support import dicomfiles as df
+from support.fuzzing import GOOD_RQ, Attack, attacks
+from support.rawscu import EXPLICIT_LE, VERIFICATION, RawAssociation, minimal_dataset
+from support.service import Service, poll_for, short_tempdir
+
+DEFAULT_FUZZ_SECONDS = 60.0
+ROUND_EXAMPLES = 200
+# How long to wait for replies when we did not half-close (the receiver may be
+# waiting for the rest of a PDU); with a half-close we read to EOF.
+QUIET_S = 0.2
+# Generous: two cores shared with other test runs.
+EOF_TIMEOUT_S = 20.0
+SETTLE_TIMEOUT_S = 30.0
+TERMINAL_PDUS = {0x03, 0x06, 0x07}
+CT = df.CT.encode()
+UID_NAME = re.compile(r"^[0-9]+(\.[0-9]+)*\.dcm$")
+
+
+def fuzz_seconds() -> float:
+    return float(os.environ.get("STORSCP_FUZZ_SECONDS", DEFAULT_FUZZ_SECONDS))
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    survived: int = 0
+    bytes_sent: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    replies: Counter[str] = field(default_factory=Counter)
+    failed: bool = False
+
+    def summary(self, seconds: float) -> str:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items()))
+        replies = ", ".join(f"{k} {n}" for k, n in sorted(self.replies.items()))
+        return (
+            f"fuzz: {self.sent} inputs sent, {self.survived} survived in {seconds:.0f} s "
+            f"({self.bytes_sent} bytes; {kinds}; replies: {replies})"
+        )
+
+
+class Watch:
+    """What 'the service is unharmed' means, measured once when idle."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.pids = {int(e["pid"]): e["proc"] for e in svc.events("START") if "pid" in e.fields}
+        self.receiver = next(p for p, proc in self.pids.items() if proc == "receiver")
+        self.log_offsets: dict[Path, int] = {}
+        self.read_new_log_text()  # start from the current ends
+        self.idle_threads = self.threads()
+        self.idle_fds = poll_for(self._steady_fds, SETTLE_TIMEOUT_S, "a steady fd count")
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.receiver}/task"))
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.receiver}/fd"))
+
+    def _steady_fds(self) -> int:
+        first = self.fds()
+        time.sleep(0.3)
+        return first if self.fds() == first else 0
+
+    def read_new_log_text(self) -> str:
+        """What the components wrote to their stderr logs since the last call."""
+        out = []
+        for path in sorted(self.svc.run_dir.glob("*.log")):
+            start = self.log_offsets.get(path, 0)
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+            self.log_offsets[path] = start + len(data)
+            if data:
+                out.append(f"--- {path.name}\n" + data.decode(errors="replace"))
+        return "".join(out)
+
+    def check_after_example(self, attack: Attack) -> None:
+        """The receiver finished with our connection, unharmed and holding nothing."""
+        poll_for(
+            lambda: self.threads() <= self.idle_threads,
+            SETTLE_TIMEOUT_S,
+            f"the receiver's connection thread to end after {attack.kind}",
+            interval_s=0.005,
+        )
+        self.check_pids()
+        poll_for(
+            lambda: self.svc.depot_entries() == [],
+            SETTLE_TIMEOUT_S,
+            "the depot to hold no instance data",
+            interval_s=0.01,
+        )
+        self.check_logs()
+
+    def check_pids(self) -> None:
+        alive = set(self.svc.live_components())
+        dead = {pid: proc for pid, proc in self.pids.items() if pid not in alive}
+        assert not dead, f"components died: {dead}"
+
+    def check_logs(self) -> None:
+        text = self.read_new_log_text()
+        assert "Traceback" not in text, f"a component logged a traceback:\n{text}"
+
+    def check_idle(self) -> None:
+        """No descriptors held beyond what the idle receiver holds (parts, sockets)."""
+        poll_for(
+            lambda: self.fds() <= self.idle_fds,
+            SETTLE_TIMEOUT_S,
+            f"the receiver's fd count to return to {self.idle_fds} (now {self.fds()})",
+        )
+
+
+def read_pdus(data: bytes) -> list[tuple[int, bytes]]:
+    """Complete PDUs in what the receiver sent (a cut tail is ignored: RST may eat it)."""
+    pdus = []
+    pos = 0
+    while pos + 6 <= len(data):
+        pdu_type, length = struct.unpack_from(">BxL", data, pos)
+        if pos + 6 + length > len(data):
+            break
+        pdus.append((pdu_type, data[pos + 6 : pos + 6 + length]))
+        pos += 6 + length
+    return pdus
+
+
+def check_replies(attack: Attack, data: bytes, tally: Tally) -> None:
+    """Only PDUs an acceptor may send, nothing after a terminal one, P-DATA items that fit."""
+    allowed = {0x04, 0x06, 0x07} if attack.associate_first else {0x02, 0x03, 0x07}
+    pdus = read_pdus(data)
+    for i, (pdu_type, body) in enumerate(pdus):
+        tally.replies[f"0x{pdu_type:02X}"] += 1
+        assert pdu_type in allowed, f"receiver sent PDU type 0x{pdu_type:02X}"
+        if pdu_type in TERMINAL_PDUS:
+            assert i == len(pdus) - 1, f"receiver sent {pdus[i + 1 :]!r} after 0x{pdu_type:02X}"
+        if pdu_type in (0x03, 0x06, 0x07):
+            assert len(body) == 4, f"PDU 0x{pdu_type:02X} of {len(body)} bytes"
+        if pdu_type == 0x04:
+            pos = 0
+            while pos < len(body):
+                length = struct.unpack_from(">L", body, pos)[0]
+                assert length >= 2 and pos + 4 + length <= len(body), "bad PDV from receiver"
+                pos += 4 + length
+
+
+def receive_all(sock: socket.socket, until_eof: bool) -> bytes:
+    """What the receiver sends until it closes (or, without EOF, until it goes quiet)."""
+    sock.settimeout(EOF_TIMEOUT_S if until_eof else QUIET_S)
+    deadline = time.monotonic() + EOF_TIMEOUT_S
+    out = bytearray()
+    while True:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            assert not until_eof, "the receiver did not close after our half-close"
+            return bytes(out)
+        except ConnectionResetError:
+            return bytes(out)
+        if not data:
+            return bytes(out)
+        out += data
+        assert time.monotonic() < deadline, "the receiver keeps sending"
+
+
+def send_attack(port: int, attack: Attack) -> bytes:
+    """One connection: associate if asked, send, maybe half-close, read back, close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=EOF_TIMEOUT_S) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if attack.associate_first:
+            sock.sendall(GOOD_RQ)
+            header = b""
+            while len(header) < 6:
+                more = sock.recv(6 - len(header))
+                assert more, "connection closed instead of A-ASSOCIATE-AC"
+                header += more
+            assert header[0] == 0x02, f"a valid request got PDU type 0x{header[0]:02X}"
+            length = struct.unpack(">L", header[2:6])[0]
+            while length:
+                length -= len(sock.recv(min(length, 65536)))
+        try:
+            for chunk in attack.chunks:
+                sock.sendall(chunk)
+            if attack.half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the receiver gave up early (EPIPE, ECONNRESET, ENOTCONN): read what it said
+        return receive_all(sock, until_eof=attack.half_close)
+
+
+def all_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def unexpected_files(svc: Service, before: set[Path]) -> list[str]:
+    """New files that are neither stored instances, logs, nor service bookkeeping."""
+    out = []
+    for path in all_files(svc.root.parent) - before:
+        if path.parent == svc.storage_dir and UID_NAME.match(path.name):
+            continue
+        if path.parent == svc.depot_dir and path.name.endswith(".part"):
+            continue  # spare parts (empty; depot_entries() checks the rest)
+        if path.parent in (svc.log_dir, svc.run_dir):
+            continue
+        out.append(str(path))
+    return out
+
+
+def store_one(svc: Service, tag: str) -> None:
+    """A valid C-STORE succeeds and its file is committed."""
+    uid = df.uid_for(f"fuzz-check-{tag}-{os.getpid()}")
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        rsp = assoc.c_store(
+            assoc.context_for(df.CT), CT, uid.encode(), minimal_dataset(CT, uid.encode())
+        )
+        assert rsp.status == 0x0000, rsp
+        assoc.release()
+    svc.wait_stored([uid])
+
+
+def echo_once(svc: Service) -> None:
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(VERIFICATION, ["1.2.840.10008.1.2"])])
+        assert assoc.c_echo() == 0
+        assoc.release()
+
+
+@pytest.fixture(scope="module")
+def svc() -> Iterator[Service]:
+    """One service for every example: the point is that the same processes survive."""
+    outer = short_tempdir("fuzz")
+    (outer / "s").mkdir()
+    service = Service(
+        outer / "s",
+        receivers=1,
+        acse_timeout_s=2,
+        network_timeout_s=2,
+        dimse_timeout_s=2,
+        max_associations=500,
+    ).start()
+    yield service
+    service.stop()
+    shutil.rmtree(outer, ignore_errors=True)
+
+
+def test_fuzz_receiver_survives_hostile_input(
+    svc: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given: an idle service that has stored one instance (caches and pools warm).
+    store_one(svc, "warmup")
+    watch = Watch(svc)
+    files_before = all_files(svc.root.parent)
+    tally = Tally()
+    started = time.monotonic()
+    deadline = started + fuzz_seconds()
+
+    @settings(
+        max_examples=ROUND_EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+    @given(attack=attacks())
+    def one(attack: Attack) -> None:
+        if time.monotonic() > deadline and not tally.failed:
+            return  # budget spent: the rest of this round is skipped, not counted
+        tally.sent += 1
+        tally.bytes_sent += attack.size
+        tally.kinds[attack.kind] += 1
+        try:
+            # When: the attack hits the receiver on its own connection.
+            replies = send_attack(svc.port, attack)
+            # Then: it answered sanely and is unharmed.
+            check_replies(attack, replies, tally)
+            watch.check_after_example(attack)
+        except BaseException:
+            tally.failed = True
+            raise
+        tally.survived += 1
+
+    try:
+        while time.monotonic() < deadline:
+            one()
+            watch.check_pids()
+            echo_once(svc)
+            watch.check_idle()
+        # And finally: a valid store still works, served by the same processes.
+        store_one(svc, "final")
+        poll_for(lambda: svc.depot_entries() == [], SETTLE_TIMEOUT_S, "an empty depot")
+        watch.check_after_example(Attack("final", ()))
+        watch.check_idle()
+        assert not unexpected_files(svc, files_before), unexpected_files(svc, files_before)
+    finally:
+        with capsys.disabled():
+            print("\n" + tally.summary(time.monotonic() - started))
