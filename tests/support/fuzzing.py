@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,9 +34,7 @@ from support.rawscu import (
     echo_rq,
     element,
     explicit_element,
-    minimal_dataset,
     pad_uid,
-    store_rq,
 )
 
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -380,22 +379,23 @@ def mutated_associate_rq(draw: st.DrawFn) -> Attack:
 
 # -- (c) P-DATA-TF after a valid association --------------------------------------------------
 
+# What each context of GOOD_RQ is for (the last one is refused by the receiver).
+GOOD_CONTEXT_USE = {1: df.CT, 3: df.CT, 5: VERIFICATION, 7: df.MR, 9: df.CT}
+CONTEXT_SYNTAX = {1: EXPLICIT_LE, 3: IMPLICIT_LE, 5: IMPLICIT_LE, 7: EXPLICIT_BE, 9: DEFLATED}
 
-def context_ids() -> st.SearchStrategy[int]:
-    """Mostly accepted contexts, sometimes refused or never proposed ones."""
-    return st.one_of(
-        st.sampled_from(GOOD_CONTEXT_IDS[:5]),
-        st.sampled_from(GOOD_CONTEXT_IDS[:5]),
-        st.sampled_from([GOOD_CONTEXT_IDS[5], 0, 2, 13, 255]),
-        st.integers(0, 255),
-    )
+
+def foreign_context_ids() -> st.SearchStrategy[int]:
+    """Contexts that were refused, never proposed, or even (never valid)."""
+    return st.one_of(st.sampled_from([GOOD_CONTEXT_IDS[5], 0, 2, 13, 255]), st.integers(0, 255))
 
 
 def sop_uids() -> st.SearchStrategy[bytes]:
     """Valid UIDs most of the time (so stores get far), hostile ones otherwise."""
+    valid = st.integers(0, 10**6).map(lambda n: df.uid_for(f"fuzz-{n}").encode())
     return st.one_of(
-        st.integers(0, 10**6).map(lambda n: df.uid_for(f"fuzz-{n}").encode()),
-        st.integers(0, 10**6).map(lambda n: df.uid_for(f"fuzz-{n}").encode()),
+        valid,
+        valid,
+        valid,
         st.sampled_from(
             [b"../../x", b"/etc/passwd", b"1.2.3\x004", b"", b"1..2", b"1." + b"2" * 63, b"1.2.3 "]
         ),
@@ -404,7 +404,6 @@ def sop_uids() -> st.SearchStrategy[bytes]:
     )
 
 
-SOP_CLASSES = [df.CT, df.MR, VERIFICATION, df.SECONDARY_CAPTURE]
 COMMAND_ELEMENTS = [0x0000, 0x0002, 0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1000, 0x1030]
 COMMAND_FIELDS = [0x0001, 0x0030, 0x0FFF, 0x8001, 0x8030, 0x0020, 0x0021, 0x0010, 0xFFFF, 0x0000]
 
@@ -427,51 +426,31 @@ def broken_command(draw: st.DrawFn, valid: bytes) -> bytes:
         group, elem, length = struct.unpack_from("<HHL", valid, pos)
         elements.append((group, elem, valid[pos + 8 : pos + 8 + length], None))
         pos += 8 + length
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["drop", "replace", "add", "lie", "group"]))
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["drop", "replace", "add", "lie", "group", "random"]))
         i = draw(st.integers(0, max(0, len(elements) - 1)))
-        if op == "add" or not elements:
+        if op == "random":
+            pairs = st.tuples(
+                st.sampled_from(COMMAND_ELEMENTS) | st.integers(0, 0xFFFF), command_values()
+            )
+            elements = [(0, tag, value, None) for tag, value in draw(st.lists(pairs, max_size=10))]
+        elif op == "add" or not elements:
             tag = draw(st.sampled_from(COMMAND_ELEMENTS) | st.integers(0, 0xFFFF))
             elements.insert(i, (0x0000, tag, draw(command_values()), None))
-            continue
-        group, elem, value, lie = elements[i]
-        if op == "drop":
+        elif op == "drop":
             del elements[i]
         elif op == "replace":
+            group, elem, _value, lie = elements[i]
             elements[i] = (group, elem, draw(command_values()), lie)
         elif op == "lie":
+            group, elem, value, _lie = elements[i]
             elements[i] = (group, elem, value, draw(u32_lies(len(value))))
         else:
-            elements[i] = (
-                draw(st.sampled_from([0x0002, 0x0008, 0xFFFE]) | st.integers(0, 0xFFFF)),
-                elem,
-                value,
-                lie,
-            )
+            group = draw(st.sampled_from([0x0002, 0x0008, 0xFFFE]) | st.integers(0, 0xFFFF))
+            elements[i] = (group, *elements[i][1:])
     return b"".join(
         struct.pack("<HHL", g, e, len(v) if lie is None else lie) + v for g, e, v, lie in elements
     )
-
-
-@st.composite
-def command_bytes(draw: st.DrawFn, sop_class: bytes, sop_instance: bytes) -> bytes:
-    """A C-STORE-RQ or C-ECHO-RQ command set: valid, broken, or random elements."""
-    message_id = draw(st.integers(0, 0xFFFF))
-    valid = draw(
-        st.sampled_from([store_rq(message_id, sop_class, sop_instance), echo_rq(message_id)])
-    )
-    how = draw(st.sampled_from(["valid", "valid", "broken", "random"]))
-    if how == "valid":
-        return valid
-    if how == "broken":
-        return draw(broken_command(valid))
-    pairs = draw(
-        st.lists(
-            st.tuples(st.sampled_from(COMMAND_ELEMENTS) | st.integers(0, 0xFFFF), command_values()),
-            max_size=10,
-        )
-    )
-    return command_set([element(tag, value) for tag, value in pairs])
 
 
 VRS = [b"UI", b"PN", b"OB", b"OW", b"SQ", b"UN", b"UT", b"US", b"UL", b"LO", b"CS", b"DA"]
@@ -498,40 +477,70 @@ def random_element(draw: st.DrawFn) -> bytes:
     return struct.pack("<HH", group, elem) + vr + struct.pack("<H", length & 0xFFFF) + value
 
 
-def undefined_sequence(inner: bytes, closed: bool) -> bytes:
+def undefined_sequence(inner: bytes, closed: bool, big_endian: bool = False) -> bytes:
     """(0008,1115) as an SQ of undefined length holding one item of undefined length."""
-    data = struct.pack("<HH", 0x0008, 0x1115) + b"SQ\x00\x00" + struct.pack("<L", UNDEFINED)
-    data += struct.pack("<HHL", 0xFFFE, 0xE000, UNDEFINED) + inner
+    o = ">" if big_endian else "<"
+    data = struct.pack(o + "HH", 0x0008, 0x1115) + b"SQ\x00\x00" + struct.pack(o + "L", UNDEFINED)
+    data += struct.pack(o + "HHL", 0xFFFE, 0xE000, UNDEFINED) + inner
     if closed:
-        data += struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+        data += struct.pack(o + "HHL", 0xFFFE, 0xE00D, 0)
+        data += struct.pack(o + "HHL", 0xFFFE, 0xE0DD, 0)
     return data
 
 
-@st.composite
-def dataset_bytes(draw: st.DrawFn, sop_class: bytes, sop_instance: bytes) -> bytes:
-    """A dataset: matching or not, random elements, sequences the fast path gives up on."""
-    payload = b"x" * draw(st.sampled_from([0, 0, 0, 16, 70_000, 300_000]))
-    how = draw(
-        st.sampled_from(["minimal", "minimal", "elements", "sequence", "corrupted", "bytes"])
-    )
-    if how == "minimal":
-        return minimal_dataset(sop_class, sop_instance, payload)
-    if how == "elements":
-        return b"".join(draw(st.lists(random_element(), max_size=8))) + payload
-    if how == "sequence":
-        # The SOP UIDs come after a sequence: the receiver must parse the file for them.
-        inner = b"".join(draw(st.lists(random_element(), max_size=3)))
-        closed = draw(st.booleans())
-        seq = undefined_sequence(inner, closed)
-        uids = explicit_element(0x0008, 0x0016, b"UI", pad_uid(sop_class)) + explicit_element(
-            0x0008, 0x0018, b"UI", pad_uid(sop_instance)
-        )
-        # Tags must ascend: a sequence at (0008,1115) before (0008,0016) is out of order,
-        # which is also worth sending.
-        return (seq + uids if draw(st.booleans()) else uids + seq) + payload
-    if how == "corrupted":
-        return draw(corrupted(minimal_dataset(sop_class, sop_instance))) + payload
-    return draw(st.binary(max_size=300))
+def encoded_dataset(
+    syntax: str, sop_class: bytes, sop_instance: bytes, payload: bytes, sequence_first: bool
+) -> bytes:
+    """A small valid dataset in `syntax` (deflated included), UIDs after a sequence if asked."""
+    implicit = syntax == IMPLICIT_LE
+    o = ">" if syntax == EXPLICIT_BE else "<"
+
+    def elem(group: int, number: int, vr: bytes, value: bytes) -> bytes:
+        if implicit:
+            return struct.pack("<HHL", group, number, len(value)) + value
+        if vr in (b"OB", b"SQ"):
+            return (
+                struct.pack(o + "HH", group, number)
+                + vr
+                + b"\0\0"
+                + struct.pack(o + "L", len(value))
+                + value
+            )
+        return struct.pack(o + "HH", group, number) + vr + struct.pack(o + "H", len(value)) + value
+
+    data = b""
+    if sequence_first:
+        # Out of tag order, and of undefined length: the fast path gives up, pydicom reads it.
+        data += undefined_sequence(elem(0x0008, 0x1150, b"UI", pad_uid(sop_class)), True, o == ">")
+    data += elem(0x0008, 0x0016, b"UI", pad_uid(sop_class))
+    data += elem(0x0008, 0x0018, b"UI", pad_uid(sop_instance))
+    data += elem(0x0010, 0x0010, b"PN", b"FUZZ^TEST ")
+    if payload:
+        data += elem(0x7FE0, 0x0010, b"OB", payload)
+    if syntax == DEFLATED:
+        squeezer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        data = squeezer.compress(data) + squeezer.flush()
+    return data
+
+
+NO_DATASET = 0x0101
+
+
+def dimse_request(
+    command_field: int, message_id: int, sop_class: bytes, sop_instance: bytes, data_set_type: int
+) -> bytes:
+    """A C-STORE-RQ or C-ECHO-RQ command set with the given CommandDataSetType."""
+    elements = [
+        element(0x0002, pad_uid(sop_class)),
+        element(0x0100, struct.pack("<H", command_field)),
+        element(0x0110, struct.pack("<H", message_id)),
+    ]
+    if command_field == 0x0001:
+        elements.append(element(0x0700, struct.pack("<H", 0)))
+    elements.append(element(0x0800, struct.pack("<H", data_set_type)))
+    if command_field == 0x0001:
+        elements.append(element(0x1000, pad_uid(sop_instance)))
+    return command_set(elements)
 
 
 @dataclass(frozen=True)
@@ -546,60 +555,117 @@ class Pdv:
         return PDV_HEADER.pack(length, self.context_id, self.control) + self.data
 
 
-@st.composite
-def fragments(draw: st.DrawFn, context_id: int, data: bytes, command: bool) -> list[Pdv]:
-    """`data` as PDV items, with the right control bits or odd ones."""
-    size = draw(st.sampled_from([16_000, 16_000, 1, 7, 100, 65_536, 1 << 20]))
+def fragments(context_id: int, data: bytes, command: bool, size: int) -> list[Pdv]:
+    """`data` as PDV items of at most `size` bytes with the right control bits."""
     pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
-    if len(pieces) > 64:  # one byte per PDV for a big dataset is just slow
-        pieces = [data[i : i + 16_000] for i in range(0, len(data), 16_000)]
     base = 0x01 if command else 0x00
-    pdvs = [
-        Pdv(context_id, base | (0x02 if i == len(pieces) - 1 else 0), p)
-        for i, p in enumerate(pieces)
-    ]
-    if draw(st.integers(0, 4)) == 0:
+    last = len(pieces) - 1
+    return [Pdv(context_id, base | (0x02 if i == last else 0), p) for i, p in enumerate(pieces)]
+
+
+def p_data_pdus(pdvs: list[Pdv], per_pdu: int) -> list[bytearray]:
+    """PDV items packed `per_pdu` to a P-DATA-TF (mutable, so that a fault can be planted)."""
+    out = []
+    for i in range(0, len(pdvs), per_pdu):
+        body = b"".join(p.encode() for p in pdvs[i : i + per_pdu])
+        out.append(bytearray(pdu(0x04, body)))
+    return out
+
+
+STORE_FAULTS = [
+    "none",
+    "none",
+    "none",
+    "command",
+    "dataset",
+    "uid",
+    "sop-class",
+    "context",
+    "dataset-context",
+    "control",
+    "pdv-length",
+    "pdu-length",
+    "order",
+    "no-dataset",
+    "dataset-type",
+]
+
+
+@st.composite
+def store_step(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A C-STORE or C-ECHO, well-formed except for at most one drawn fault; (fault, bytes)."""
+    fault = draw(st.sampled_from(STORE_FAULTS))
+    cid = draw(st.sampled_from(sorted(GOOD_CONTEXT_USE)))
+    echo = cid == 5
+    sop_class = GOOD_CONTEXT_USE[cid].encode()
+    if fault == "sop-class":
+        sop_class = draw(
+            st.sampled_from([df.MR, df.CT, VERIFICATION]).map(str.encode) | uid_bytes()
+        )
+    sop_instance = (
+        draw(sop_uids()) if fault == "uid" else df.uid_for(draw(st.integers(0, 10**6))).encode()
+    )
+    message_id = draw(st.integers(0, 0xFFFF))
+    data_set_type = NO_DATASET if echo else 0x0000
+    if fault == "dataset-type":  # C-ECHO with a dataset, C-STORE without one
+        data_set_type = draw(st.sampled_from([NO_DATASET, 0x0000, 0xFEFE]))
+    command = dimse_request(
+        0x0030 if echo else 0x0001, message_id, sop_class, sop_instance, data_set_type
+    )
+    if fault == "command":
+        command = draw(broken_command(command))
+    cmd_size = draw(st.sampled_from([16_000, 16_000, 1, 7, 64]))
+    pdvs = fragments(cid, command, True, cmd_size)
+    if data_set_type != NO_DATASET and fault != "no-dataset":
+        syntax = CONTEXT_SYNTAX[cid]
+        payload = b"\x5a" * draw(st.sampled_from([0, 0, 0, 16, 70_000, 300_000]))
+        data = encoded_dataset(syntax, sop_class, sop_instance, payload, draw(st.booleans()))
+        if fault == "dataset":
+            data = draw(broken_dataset(data, sop_class, sop_instance))
+        data_cid = (
+            draw(foreign_context_ids() | st.sampled_from(sorted(GOOD_CONTEXT_USE)))
+            if fault == "dataset-context"
+            else cid
+        )
+        size = draw(st.sampled_from([16_000, 16_000, 1_000, 65_530, 1 << 20, 3]))
+        if size < 100 and len(data) > 2_000:
+            size = 16_000  # one byte per PDV over a big dataset is just slow
+        pdvs += fragments(data_cid, data, False, size)
+    if fault == "context":
+        pdvs[0] = Pdv(draw(foreign_context_ids()), pdvs[0].control, pdvs[0].data)
+    elif fault == "control":
         i = draw(st.integers(0, len(pdvs) - 1))
-        odd = draw(st.integers(0, 255))
-        pdvs[i] = Pdv(pdvs[i].context_id, odd, pdvs[i].data)
-    if draw(st.integers(0, 5)) == 0:
+        pdvs[i] = Pdv(pdvs[i].context_id, draw(st.integers(0, 255)), pdvs[i].data)
+    elif fault == "pdv-length":
         i = draw(st.integers(0, len(pdvs) - 1))
         pdvs[i] = Pdv(
             pdvs[i].context_id, pdvs[i].control, pdvs[i].data, draw(u32_lies(len(pdvs[i].data) + 2))
         )
-    return pdvs
-
-
-@st.composite
-def p_data_pdus(draw: st.DrawFn, pdvs: list[Pdv]) -> bytes:
-    """PDV items packed one per PDU or several per PDU, PDU length true or not."""
-    out = b""
-    i = 0
-    while i < len(pdvs):
-        n = draw(st.integers(1, 3))
-        body = b"".join(p.encode() for p in pdvs[i : i + n])
-        i += n
-        lie = draw(st.integers(0, 9)) == 0
-        out += pdu(0x04, body, draw(u32_lies(len(body))) if lie else None)
-    return out
-
-
-@st.composite
-def store_step(draw: st.DrawFn) -> bytes:
-    """A C-STORE (or C-ECHO) message; its command and dataset may be broken independently."""
-    sop_class = draw(st.sampled_from(SOP_CLASSES).map(str.encode) | uid_bytes())
-    sop_instance = draw(sop_uids())
-    cid = draw(context_ids())
-    command = draw(command_bytes(sop_class, sop_instance))
-    pdvs = draw(fragments(cid, command, True))
-    if draw(st.integers(0, 5)) != 0:
-        data_cid = cid if draw(st.integers(0, 5)) else draw(context_ids())
-        dataset_class = sop_class if draw(st.integers(0, 5)) else draw(uid_bytes())
-        dataset = draw(dataset_bytes(dataset_class, sop_instance))
-        pdvs += draw(fragments(data_cid, dataset, False))
-    if draw(st.integers(0, 9)) == 0:  # dataset before command, or interleaved
+    elif fault == "order":
         pdvs = draw(st.permutations(pdvs))
-    return draw(p_data_pdus(pdvs))
+    pdus = p_data_pdus(pdvs, draw(st.sampled_from([1, 1, 2, 3])))
+    if fault == "pdu-length":
+        i = draw(st.integers(0, len(pdus) - 1))
+        pdus[i][2:6] = struct.pack(">L", draw(u32_lies(len(pdus[i]) - 6)))
+    return fault, b"".join(pdus)
+
+
+@st.composite
+def broken_dataset(draw: st.DrawFn, valid: bytes, sop_class: bytes, sop_instance: bytes) -> bytes:
+    """Random element headers, an unclosed sequence, flipped bits, or plain garbage."""
+    how = draw(st.sampled_from(["elements", "prefix", "sequence", "corrupted", "bytes"]))
+    if how == "elements":
+        return b"".join(draw(st.lists(random_element(), min_size=1, max_size=8)))
+    if how == "prefix":  # good UIDs, then garbage the fast path never reads
+        return valid[:200] + b"".join(draw(st.lists(random_element(), min_size=1, max_size=4)))
+    if how == "sequence":
+        inner = b"".join(draw(st.lists(random_element(), max_size=3)))
+        uids = explicit_element(0x0008, 0x0016, b"UI", pad_uid(sop_class))
+        uids += explicit_element(0x0008, 0x0018, b"UI", pad_uid(sop_instance))
+        return undefined_sequence(inner, draw(st.booleans())) + uids
+    if how == "corrupted":
+        return draw(corrupted(valid))
+    return draw(st.binary(max_size=300))
 
 
 @st.composite
@@ -609,7 +675,7 @@ def raw_pdv_step(draw: st.DrawFn) -> bytes:
         st.lists(
             st.builds(
                 Pdv,
-                context_ids(),
+                st.sampled_from(sorted(GOOD_CONTEXT_USE)) | foreign_context_ids(),
                 st.integers(0, 255),
                 st.binary(max_size=64),
                 st.one_of(st.none(), u32_lies(8)),
@@ -644,30 +710,50 @@ def _echo(cid: int) -> bytes:
     return pdu(0x04, Pdv(cid, 0x03, echo_rq(1)).encode())
 
 
+RELEASE_RQ = pdu(0x05, b"\x00" * 4)
+
+
+def labelled(
+    label: str, strategy: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[tuple[str, bytes]]:
+    return strategy.map(lambda data: (label, data))
+
+
 @st.composite
 def after_association(draw: st.DrawFn, kind: str) -> Attack:
-    """(c)/(d) A few messages after a valid association, then perhaps a cut."""
+    """(c)/(d) A few messages after a valid association, perhaps a release, perhaps a cut."""
+    steps: list[tuple[str, bytes]] = []
     if kind == "release-abort":
-        steps = [draw(st.sampled_from([b"", _echo(5)]))]
-        steps.append(draw(release_or_abort()))
         if draw(st.booleans()):
-            steps.append(draw(st.one_of(store_step(), release_or_abort(), st.binary(max_size=32))))
+            steps.append(("echo", _echo(5)))
+        steps.append(draw(labelled("release/abort", release_or_abort())))
+        if draw(st.booleans()):  # and something after it
+            after = st.one_of(
+                store_step(),
+                labelled("release/abort", release_or_abort()),
+                labelled("bytes", st.binary(max_size=32)),
+            )
+            steps.append(draw(after))
     else:
         step = st.one_of(
             store_step(),
             store_step(),
             store_step(),
-            raw_pdv_step(),
-            wrong_pdu_step(),
-            st.just(_echo(5)),
-            st.binary(min_size=1, max_size=32),
+            store_step(),
+            labelled("raw PDV", raw_pdv_step()),
+            labelled("wrong PDU", wrong_pdu_step()),
+            st.just(("echo", _echo(5))),
+            labelled("bytes", st.binary(min_size=1, max_size=32)),
         )
         steps = draw(st.lists(step, min_size=1, max_size=3))
-        if draw(st.integers(0, 4)) == 0:
-            steps.append(draw(release_or_abort()))
-    data = b"".join(steps)
-    notes = []
-    if data and draw(st.integers(0, 4)) == 0:
+        end = draw(st.sampled_from(["", "", "release", "odd"]))
+        if end == "release":
+            steps.append(("release", RELEASE_RQ))
+        elif end == "odd":
+            steps.append(draw(labelled("release/abort", release_or_abort())))
+    data = b"".join(step for _label, step in steps)
+    notes = [label for label, _step in steps]
+    if data and draw(st.integers(0, 5)) == 0:
         cut = draw(st.integers(0, len(data) - 1))
         data = data[:cut]
         notes.append(f"cut at {cut}")
