@@ -21,6 +21,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -63,7 +64,10 @@ RQ_FIXED_BYTES = 6 + 2 + 2 + 16 + 16 + 32
 UNDEFINED = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
+REPR_BYTES = 4096
+
+
+@dataclass(frozen=True, repr=False)
 class Attack:
     """One connection's worth of hostile bytes."""
 
@@ -76,6 +80,21 @@ class Attack:
     @property
     def size(self) -> int:
         return sum(len(c) for c in self.chunks)
+
+    def __repr__(self) -> str:
+        """Every byte of small chunks (to reproduce by hand); the ends of large ones."""
+        shown = [
+            repr(c) if len(c) <= REPR_BYTES else f"{c[:256]!r} ...{len(c)} bytes... {c[-64:]!r}"
+            for c in self.chunks
+        ]
+        return (
+            f"Attack(kind={self.kind!r}, associate_first={self.associate_first}, "
+            f"half_close={self.half_close}, notes={self.notes!r}, chunks=[{', '.join(shown)}])"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints falsifying examples with this, not with repr()."""
+        printer.text(repr(self))
 
 
 # -- byte-level helpers ----------------------------------------------------------------
@@ -477,10 +496,12 @@ def random_element(draw: st.DrawFn) -> bytes:
     return struct.pack("<HH", group, elem) + vr + struct.pack("<H", length & 0xFFFF) + value
 
 
-def undefined_sequence(inner: bytes, closed: bool, big_endian: bool = False) -> bytes:
-    """(0008,1115) as an SQ of undefined length holding one item of undefined length."""
+def undefined_sequence(
+    inner: bytes, closed: bool, big_endian: bool = False, tag: tuple[int, int] = (0x0008, 0x1115)
+) -> bytes:
+    """An SQ of undefined length (at `tag`) holding one item of undefined length."""
     o = ">" if big_endian else "<"
-    data = struct.pack(o + "HH", 0x0008, 0x1115) + b"SQ\x00\x00" + struct.pack(o + "L", UNDEFINED)
+    data = struct.pack(o + "HH", *tag) + b"SQ\x00\x00" + struct.pack(o + "L", UNDEFINED)
     data += struct.pack(o + "HHL", 0xFFFE, 0xE000, UNDEFINED) + inner
     if closed:
         data += struct.pack(o + "HHL", 0xFFFE, 0xE00D, 0)
@@ -489,9 +510,19 @@ def undefined_sequence(inner: bytes, closed: bool, big_endian: bool = False) -> 
 
 
 def encoded_dataset(
-    syntax: str, sop_class: bytes, sop_instance: bytes, payload: bytes, sequence_first: bool
+    syntax: str,
+    sop_class: bytes,
+    sop_instance: bytes,
+    payload: bytes,
+    sequence_first: bool,
+    hidden_bytes: int = 0,
 ) -> bytes:
-    """A small valid dataset in `syntax` (deflated included), UIDs after a sequence if asked."""
+    """A valid dataset in `syntax` (deflated included).
+
+    With `sequence_first`, the SOP UIDs follow a Language Code Sequence of
+    undefined length, which the receiver's fast path leaves to pydicom; a
+    value of `hidden_bytes` inside it must not end up in the receiver's memory.
+    """
     implicit = syntax == IMPLICIT_LE
     o = ">" if syntax == EXPLICIT_BE else "<"
 
@@ -510,8 +541,10 @@ def encoded_dataset(
 
     data = b""
     if sequence_first:
-        # Out of tag order, and of undefined length: the fast path gives up, pydicom reads it.
-        data += undefined_sequence(elem(0x0008, 0x1150, b"UI", pad_uid(sop_class)), True, o == ">")
+        inner = elem(0x0008, 0x0100, b"SH", b"eng ")
+        if hidden_bytes:
+            inner += elem(0x0009, 0x1010, b"OB", bytes(hidden_bytes))
+        data += undefined_sequence(inner, True, o == ">", (0x0008, 0x0006))
     data += elem(0x0008, 0x0016, b"UI", pad_uid(sop_class))
     data += elem(0x0008, 0x0018, b"UI", pad_uid(sop_instance))
     data += elem(0x0010, 0x0010, b"PN", b"FUZZ^TEST ")
@@ -524,6 +557,8 @@ def encoded_dataset(
 
 
 NO_DATASET = 0x0101
+# Larger than the receiver's memory allowance per example in test_fuzz.py.
+HIDDEN_VALUE_BYTES = 24 * 1024 * 1024
 
 
 def dimse_request(
@@ -619,7 +654,9 @@ def store_step(draw: st.DrawFn) -> tuple[str, bytes]:
     if data_set_type != NO_DATASET and fault != "no-dataset":
         syntax = CONTEXT_SYNTAX[cid]
         payload = b"\x5a" * draw(st.sampled_from([0, 0, 0, 16, 70_000, 300_000]))
-        data = encoded_dataset(syntax, sop_class, sop_instance, payload, draw(st.booleans()))
+        sequence_first = draw(st.booleans())
+        hidden = draw(st.sampled_from([0] * 7 + [HIDDEN_VALUE_BYTES])) if sequence_first else 0
+        data = encoded_dataset(syntax, sop_class, sop_instance, payload, sequence_first, hidden)
         if fault == "dataset":
             data = draw(broken_dataset(data, sop_class, sop_instance))
         data_cid = (

@@ -54,6 +54,10 @@ QUIET_S = 0.2
 EOF_TIMEOUT_S = 20.0
 SETTLE_TIMEOUT_S = 30.0
 TERMINAL_PDUS = {0x03, 0x06, 0x07}
+# Memory one connection may add to the receiver at its peak: buffers of a few
+# hundred KB and the 1 MiB that pydicom may read are far below it; a value
+# read whole (support.fuzzing.HIDDEN_VALUE_BYTES) is far above.
+MEMORY_ALLOWANCE_BYTES = 16 * 1024 * 1024
 CT = df.CT.encode()
 UID_NAME = re.compile(r"^[0-9]+(\.[0-9]+)*\.dcm$")
 
@@ -91,6 +95,22 @@ class Watch:
         self.read_new_log_text()  # start from the current ends
         self.idle_threads = self.threads()
         self.idle_fds = poll_for(self._steady_fds, SETTLE_TIMEOUT_S, "a steady fd count")
+        self.rss_before = 0
+        self.peak_growth = 0
+
+    def memory_bytes(self, field: str) -> int:
+        """VmRSS or VmHWM (the peak, since the last reset) of the receiver."""
+        with open(f"/proc/{self.receiver}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field} for the receiver")
+
+    def before_example(self) -> None:
+        """Reset the receiver's peak memory, so that the example's own peak is measured."""
+        with open(f"/proc/{self.receiver}/clear_refs", "w") as fh:
+            fh.write("5")
+        self.rss_before = self.memory_bytes("VmRSS")
 
     def threads(self) -> int:
         return len(os.listdir(f"/proc/{self.receiver}/task"))
@@ -125,6 +145,9 @@ class Watch:
             interval_s=0.005,
         )
         self.check_pids()
+        grown = self.memory_bytes("VmHWM") - self.rss_before
+        self.peak_growth = max(self.peak_growth, grown)
+        assert grown < MEMORY_ALLOWANCE_BYTES, f"the receiver's memory peaked {grown} bytes higher"
         poll_for(
             lambda: self.svc.depot_entries() == [],
             SETTLE_TIMEOUT_S,
@@ -270,14 +293,19 @@ def svc() -> Iterator[Service]:
     """One service for every example: the point is that the same processes survive."""
     outer = short_tempdir("fuzz")
     (outer / "s").mkdir()
-    service = Service(
-        outer / "s",
-        receivers=1,
-        acse_timeout_s=2,
-        network_timeout_s=2,
-        dimse_timeout_s=2,
-        max_associations=500,
-    ).start()
+    # A fixed threshold keeps glibc from raising it after the first large
+    # free: every large buffer is then mapped and unmapped, so the receiver's
+    # peak memory is measured afresh when hypothesis replays an example.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+        service = Service(
+            outer / "s",
+            receivers=1,
+            acse_timeout_s=2,
+            network_timeout_s=2,
+            dimse_timeout_s=2,
+            max_associations=500,
+        ).start()
     yield service
     service.stop()
     shutil.rmtree(outer, ignore_errors=True)
@@ -311,6 +339,7 @@ def test_fuzz_receiver_survives_hostile_input(
         tally.kinds[attack.kind] += 1
         try:
             # When: the attack hits the receiver on its own connection.
+            watch.before_example()
             replies = send_attack(svc.port, attack)
             # Then: it answered sanely and is unharmed.
             check_replies(attack, replies, tally)
@@ -329,9 +358,11 @@ def test_fuzz_receiver_survives_hostile_input(
         # And finally: a valid store still works, served by the same processes.
         store_one(svc, "final")
         poll_for(lambda: svc.depot_entries() == [], SETTLE_TIMEOUT_S, "an empty depot")
+        watch.before_example()
         watch.check_after_example(Attack("final", ()))
         watch.check_idle()
         assert not unexpected_files(svc, files_before), unexpected_files(svc, files_before)
     finally:
         with capsys.disabled():
             print("\n" + tally.summary(time.monotonic() - started))
+            print(f"fuzz: the receiver's peak memory rose by at most {watch.peak_growth} bytes")
