@@ -276,3 +276,30 @@ def test_large_value_in_a_sequence_before_sop_uids_is_not_read_into_memory(svc: 
     assert not svc.stored_path(uid.decode()).exists()
     poll_for(lambda: svc.depot_entries() == [], 10, "the refused part to go")
     assert_still_serving(svc, pids)
+
+
+def test_invalid_uids_in_associate_rq_leave_receiver_log_quiet(svc: Service) -> None:
+    """Found by fuzzing: pydicom logged and warned about each invalid UID in a request.
+
+    pynetdicom checks the request's UIDs with pydicom, which wrote several
+    lines quoting the peer's bytes for each: any client could write to the
+    receiver's stderr log at will.
+    """
+    # Given: the receiver's stderr log as it is now.
+    pids = receiver_pids(svc)
+    log_path = svc.run_dir / "receiver.out.log"
+    logged_before = log_path.stat().st_size
+    # When: requests arrive with a '/' in their UIDs (one bit away from '.').
+    rq = associate_rq("RAWSCU", "STORSCP", [(VERIFICATION, [IMPLICIT_LE]), (df.CT, [IMPLICIT_LE])])
+    for uid in (VERIFICATION, IMPLICIT_LE, "1.2.840.10008.3.1.1.1"):
+        bad = uid.encode().replace(b".", b"/", 1)
+        with RawAssociation(svc.port) as assoc:
+            assoc.send(rq.replace(uid.encode(), bad, 1))
+            # Then: each is refused or answered without the bad part ...
+            assert assoc.recv_pdu()[0] in (0x02, 0x03, 0x07)
+    assert_still_serving(svc, pids)
+    # ... and nothing about them went to the receiver's stderr log.
+    with open(log_path, "rb") as fh:
+        fh.seek(logged_before)
+        added = fh.read().decode(errors="replace")
+    assert added == "", added
