@@ -2,28 +2,28 @@
 
 One service for the module (one receiver, 2 s timeouts so that a stalled
 connection ends quickly). Each hypothesis example is one `Attack` from
-`support.fuzzing`: it opens its own connection, associates first if the attack
-says so, sends its bytes, optionally half-closes, reads whatever comes back
-and closes. After every example the receiver must be back to its idle thread
-count (its connection thread ended: no hang), every component must still run
-under its first pid, the depot must hold no instance data, whatever came back
-must be well-formed PDUs, the receiver's peak memory may not have grown by
-more than `MEMORY_ALLOWANCE_BYTES`, and no component's stderr log
-(`run/*.out.log`) may have gained anything at all: a traceback, or a line a
-peer chose. Failing any of these fails the example, so
-hypothesis shrinks it to a minimal input.
+`support.fuzzing` on its own connection: associate first if the attack says
+so, send its bytes, perhaps half-close, read what comes back, close.
 
-The budget: hypothesis has no wall-clock limit, so the test runs hypothesis
-in rounds of `ROUND_EXAMPLES` examples, each round a fresh run with a new
-seed, until `STORSCP_FUZZ_SECONDS` (default 60, what `make test` runs) have
-passed. Examples that hypothesis still generates after the deadline within
-the last round return at once and are not counted; once a failure is seen
-the deadline is ignored so that shrinking replays faithfully. Between rounds
-and at the end the service is checked as a whole: a C-ECHO (between rounds)
-and a valid C-STORE (at the end) succeed, open file descriptors are back to
-idle, and no file appeared outside the storage directory. `make fuzz` runs
-the same test for longer (STORSCP_FUZZ_SECONDS, default 1200). The number of
-inputs sent and survived is printed at the end.
+After every example (a failure fails the example, so hypothesis shrinks it):
+whatever came back is well-formed PDUs an acceptor may send; the receiver is
+back to its idle thread count (the connection's thread ended: no hang); every
+component runs under its first pid; the depot holds no instance data; the
+receiver's peak memory grew by less than MEMORY_ALLOWANCE_BYTES; and no
+component wrote anything to its stderr log (`run/*.out.log`): neither a
+traceback nor a line of a peer's choosing. After every round: a C-ECHO
+succeeds, the receiver holds no more file descriptors than when idle, and no
+file appeared outside the storage directory. At the end: a valid C-STORE
+succeeds and its file is committed.
+
+The budget: hypothesis has no wall-clock limit, so the test runs it in
+rounds of ROUND_EXAMPLES examples, each a fresh run with a new seed, until
+STORSCP_FUZZ_SECONDS (default 60, what `make test` runs) have passed; the
+last round may overrun by one example. Examples that the last round still
+generates after the deadline return at once and are not counted, unless a
+failure was seen: then the deadline is ignored so that shrinking replays
+faithfully. `make fuzz` runs the same test for STORSCP_FUZZ_SECONDS=1200 by
+default. The counts of inputs sent and survived are printed at the end.
 """
 
 from __future__ import annotations
@@ -141,20 +141,24 @@ class Watch:
 
     def check_after_example(self, attack: Attack) -> None:
         """The receiver finished with our connection, unharmed and holding nothing."""
-        poll_for(
-            lambda: self.threads() <= self.idle_threads,
-            SETTLE_TIMEOUT_S,
-            f"the receiver's connection thread to end after {attack.kind}",
-            interval_s=0.005,
-        )
-        self.check_pids()
+        self.check_settled(f"after {attack.kind}")
         grown = self.memory_bytes("VmHWM") - self.rss_before
         self.peak_growth = max(self.peak_growth, grown)
         assert grown < MEMORY_ALLOWANCE_BYTES, f"the receiver's memory peaked {grown} bytes higher"
+
+    def check_settled(self, when: str) -> None:
+        """No connection thread left, same pids, an empty depot, silent stderr logs."""
+        poll_for(
+            lambda: self.threads() <= self.idle_threads,
+            SETTLE_TIMEOUT_S,
+            f"the receiver's connection thread to end {when}",
+            interval_s=0.005,
+        )
+        self.check_pids()
         poll_for(
             lambda: self.svc.depot_entries() == [],
             SETTLE_TIMEOUT_S,
-            "the depot to hold no instance data",
+            f"the depot to hold no instance data {when}",
             interval_s=0.01,
         )
         self.check_logs()
@@ -356,16 +360,16 @@ def test_fuzz_receiver_survives_hostile_input(
     try:
         while time.monotonic() < deadline:
             one()
-            watch.check_pids()
+            # Then, after each round: it still answers, holds no extra fds, wrote no stray files.
             echo_once(svc)
+            watch.check_settled("after a round")
             watch.check_idle()
+            stray = unexpected_files(svc, files_before)
+            assert not stray, stray
         # And finally: a valid store still works, served by the same processes.
         store_one(svc, "final")
-        poll_for(lambda: svc.depot_entries() == [], SETTLE_TIMEOUT_S, "an empty depot")
-        watch.before_example()
-        watch.check_after_example(Attack("final", ()))
+        watch.check_settled("after the final C-STORE")
         watch.check_idle()
-        assert not unexpected_files(svc, files_before), unexpected_files(svc, files_before)
     finally:
         with capsys.disabled():
             print("\n" + tally.summary(time.monotonic() - started))
