@@ -195,16 +195,22 @@ def read_pdus(data: bytes) -> list[tuple[int, bytes]]:
     return pdus
 
 
+BEFORE_ASSOCIATION = {0x02, 0x03, 0x07}
+AFTER_ASSOCIATION = {0x04, 0x06, 0x07}
+
+
 def check_replies(attack: Attack, data: bytes, tally: Tally) -> None:
     """Only PDUs an acceptor may send, nothing after a terminal one, P-DATA items that fit."""
-    allowed = {0x04, 0x06, 0x07} if attack.associate_first else {0x02, 0x03, 0x07}
+    # An A-ASSOCIATE-AC (ours, or one for a valid request followed by junk) moves it on.
+    allowed = AFTER_ASSOCIATION if attack.associate_first else BEFORE_ASSOCIATION
     pdus = read_pdus(data)
     for i, (pdu_type, body) in enumerate(pdus):
         tally.replies[f"0x{pdu_type:02X}"] += 1
         assert pdu_type in allowed, f"receiver sent PDU type 0x{pdu_type:02X}"
+        if pdu_type == 0x02:
+            allowed = AFTER_ASSOCIATION
         if pdu_type in TERMINAL_PDUS:
             assert i == len(pdus) - 1, f"receiver sent {pdus[i + 1 :]!r} after 0x{pdu_type:02X}"
-        if pdu_type in (0x03, 0x06, 0x07):
             assert len(body) == 4, f"PDU 0x{pdu_type:02X} of {len(body)} bytes"
         if pdu_type == 0x04:
             pos = 0
