@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak bench bench-full clean
+.PHONY: install run test lint unit system soak fuzz bench bench-full clean
 
 install:
 	scripts/bootstrap.sh
@@ -28,6 +28,12 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full
+
+# The receiver fuzz test for longer than the 60 s that `make test` gives it:
+# STORSCP_FUZZ_SECONDS (default 1200) of hostile input, then the inputs survived.
+fuzz:
+	scripts/bootstrap.sh --test
+	STORSCP_FUZZ_SECONDS=$${STORSCP_FUZZ_SECONDS:-1200} $(BIN)/python -m pytest -q tests/system/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ caller, never cached.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -85,14 +86,16 @@ class Negotiator:
 
     def negotiate(self, rq_pdu: bytes) -> Negotiated:
         """Negotiate a complete A-ASSOCIATE-RQ PDU (header included)."""
+        # Keyed by a digest: the cache holds 32 bytes per request, not the request.
+        key = hashlib.sha256(rq_pdu).digest()
         with self._lock:
-            hit = self._cache.get(rq_pdu)
+            hit = self._cache.get(key)
             if hit is not None:
-                self._cache.move_to_end(rq_pdu)
+                self._cache.move_to_end(key)
                 return hit
         result = self._negotiate(rq_pdu)
         with self._lock:
-            self._cache[rq_pdu] = result
+            self._cache[key] = result
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return result

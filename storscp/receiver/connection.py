@@ -43,8 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 64 * 1024
-# An A-ASSOCIATE-RQ with hundreds of contexts is ~30 KB; more is not a modality.
-MAX_ASSOCIATE_RQ_BYTES = 1024 * 1024
+# A default storescu proposes 128 contexts in ~10 KB; 256 KB leaves room for
+# any real modality while bounding the ~0.15 s of CPU pynetdicom needs per
+# 256 KB to decode one (and what the negotiation cache may hold).
+MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 # Some SCUs count the 6-byte PDU header in the maximum length they may send.
 PDU_LENGTH_SLACK = 6
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import warnings
 
 from storscp import __version__, bus
 from storscp.component import (
@@ -45,6 +47,15 @@ def check_depot(config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_component_config(PROC, argv)
+        # pynetdicom and pydicom only decode what peers send here, so all they
+        # log or warn about is a peer's bytes (a traceback for each non-ASCII
+        # AE title, a few lines quoting each invalid UID): any client could
+        # fill our stderr log. A refused request is already an ERROR event of
+        # ours with the library's reason in it; refused contexts are counted
+        # in the ASSOCIATION event.
+        for library in ("pynetdicom", "pydicom"):
+            logging.getLogger(library).setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
         stop = StopFlag()
         stop.install()
         die_with_parent()

@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pydicom.filereader import data_element_generator
 
@@ -26,6 +26,8 @@ SOP_CLASS_TAG = 0x00080016
 SOP_INSTANCE_TAG = 0x00080018
 # How much of a deflated dataset we inflate to find its SOP UIDs.
 DEFLATED_HEAD_BYTES = 1024 * 1024
+# How many bytes pydicom may read to find them (skipping by seek is free).
+PARSE_READ_BYTES = 1024 * 1024
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -90,11 +92,39 @@ def _done(found: dict[int, str]) -> SopUids:
     return SopUids(found.get(SOP_CLASS_TAG), found.get(SOP_INSTANCE_TAG))
 
 
+class ReadBudget:
+    """A file whose read()s may return at most `budget_bytes` in all; seeks cost nothing.
+
+    pydicom skips large values by seeking only at the top level: inside a
+    sequence item it reads every value whole, so without a budget a sequence
+    holding a 2 GB value before the SOP UIDs would cost 2 GB of memory.
+    """
+
+    def __init__(self, fh: BinaryIO, budget_bytes: int) -> None:
+        self._fh = fh
+        self._budget = budget_bytes
+        self._left = budget_bytes
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            raise ValueError(f"SOP UIDs not in the first {self._budget // 1024} KiB")
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
 def from_file(path: Path, offset: int, transfer_syntax_uid: str) -> SopUids:
     """Read (0008,0016) and (0008,0018) from the dataset at `offset` of `path`.
 
-    Only the head of the dataset is parsed; large values are skipped unread.
-    Raises ValueError (or an OSError) when the bytes cannot be parsed.
+    Only the head of the dataset is parsed: large top-level values are skipped
+    unread, and at most PARSE_READ_BYTES are read in all. Raises ValueError
+    (or an OSError) when the bytes cannot be parsed.
     """
     with open(path, "rb") as fh:
         fh.seek(offset)
@@ -108,7 +138,7 @@ def from_file(path: Path, offset: int, transfer_syntax_uid: str) -> SopUids:
             stream = io.BytesIO(head)
         found: dict[int, str] = {}
         elements = data_element_generator(
-            stream,
+            cast(BinaryIO, ReadBudget(stream, PARSE_READ_BYTES)),
             is_implicit_VR=transfer_syntax_uid == IMPLICIT_LE_TS,
             is_little_endian=transfer_syntax_uid != EXPLICIT_BE_TS,
             stop_when=lambda tag, vr, length: tag > SOP_INSTANCE_TAG,

@@ -65,6 +65,8 @@ def start_senders(svc: Service, batches: list[list[Instance]]) -> SenderPool:
 def check_storage(svc: Service, pool: SenderPool) -> Counts:
     """Acknowledged ⊆ stored, stored == sent bytes, nothing else, depot drained."""
     acknowledged = pool.acknowledged()
+    # Success means durable in the depot; visible in storage follows within ms.
+    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to drain")
     found = {uid for uid in pool.instances if svc.stored_path(uid).exists()}
     lost = acknowledged - found
     assert not lost, f"{len(lost)} acknowledged instances missing, e.g. {sorted(lost)[:3]}"
@@ -74,7 +76,6 @@ def check_storage(svc: Service, pool: SenderPool) -> Counts:
     expected_names = {svc.stored_path(uid).name for uid in found} | {"depot"}
     strays = sorted(set(os.listdir(svc.storage_dir)) - expected_names)
     assert not strays, f"unexpected entries in the storage directory: {strays[:5]}"
-    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to drain")
     return Counts(pool.sent(), len(acknowledged), len(found), pool.associations())
 
 

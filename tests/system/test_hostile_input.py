@@ -17,6 +17,7 @@ from support.rawscu import (
     IMPLICIT_LE,
     VERIFICATION,
     RawAssociation,
+    associate_rq,
     minimal_dataset,
     p_data,
     store_rq,
@@ -204,3 +205,101 @@ def test_abort_mid_dataset_leaves_no_partial_file(svc: Service) -> None:
     assert not svc.stored_path("1.2.3.77").exists()
     svc.wait_event("ASSOCIATION", state="aborted")
     assert_still_serving(svc, pids)
+
+
+def test_non_ascii_ae_title_leaves_no_traceback_in_receiver_log(svc: Service) -> None:
+    """Found by fuzzing: pynetdicom logged a traceback for every non-ASCII AE title.
+
+    Any client could fill the receiver's stderr log with them; the refusal is
+    already an ERROR event of ours.
+    """
+    # Given: the receiver's stderr log as it is now.
+    pids = receiver_pids(svc)
+    log_path = svc.run_dir / "receiver.out.log"
+    logged_before = log_path.stat().st_size
+    errors_before = len(svc.events("ERROR", what="protocol error"))
+    # When: a request arrives whose Called AE Title is not ASCII.
+    rq = bytearray(associate_rq("RAWSCU", "STORSCP", [(VERIFICATION, [IMPLICIT_LE])]))
+    rq[10:26] = b"\x9cSTORSCP\xff       "
+    with RawAssociation(svc.port) as assoc:
+        assoc.send(bytes(rq))
+        assert assoc.closed_by_peer()
+    # Then: it is refused and reported as an event ...
+    svc.wait_event("ERROR", what="protocol error", count=errors_before + 1)
+    assert_still_serving(svc, pids)
+    # ... and nothing about it went to the receiver's stderr log.
+    with open(log_path, "rb") as fh:
+        fh.seek(logged_before)
+        added = fh.read().decode(errors="replace")
+    assert "Traceback" not in added and "pynetdicom" not in added, added
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_large_value_in_a_sequence_before_sop_uids_is_not_read_into_memory(svc: Service) -> None:
+    """Found while fuzzing: parsing a dataset's head read a sequence's values whole.
+
+    When the SOP UIDs follow an undefined-length sequence, the receiver asks
+    pydicom for them, and pydicom reads values inside sequence items in full:
+    a 2 GB value there cost 2 GB of memory per association.
+    """
+    # Given: the receiver's peak memory reset to what it uses now.
+    pids = receiver_pids(svc)
+    (pid,) = pids
+    with open(f"/proc/{pid}/clear_refs", "w") as fh:
+        fh.write("5")  # resets VmHWM
+    baseline = peak_rss_bytes(pid)
+    # When: a C-STORE whose dataset starts with a sequence holding a 64 MB value.
+    value_bytes = 64 * 1024 * 1024
+    item = struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<L", value_bytes)
+    item += b"\0" * value_bytes
+    sequence = struct.pack("<HH", 0x0008, 0x0006) + b"SQ\0\0" + struct.pack("<L", 0xFFFFFFFF)
+    sequence += struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + item
+    sequence += struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    uid = b"1.2.3.4.88"
+    with RawAssociation(svc.port) as assoc:
+        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        cid = assoc.context_for(df.CT)
+        dataset = sequence + minimal_dataset(CT, uid)
+        rsp = assoc.c_store(cid, CT, uid, dataset, fragment_bytes=1 << 20)
+        assoc.release()
+    # Then: it is refused as not understood, without holding the value in memory.
+    assert rsp.status == 0xC000, (hex(rsp.status), rsp.comment)
+    grown = peak_rss_bytes(pid) - baseline
+    assert grown < value_bytes // 4, f"peak memory grew by {grown} bytes"
+    assert not svc.stored_path(uid.decode()).exists()
+    poll_for(lambda: svc.depot_entries() == [], 10, "the refused part to go")
+    assert_still_serving(svc, pids)
+
+
+def test_invalid_uids_in_associate_rq_leave_receiver_log_quiet(svc: Service) -> None:
+    """Found by fuzzing: pydicom logged and warned about each invalid UID in a request.
+
+    pynetdicom checks the request's UIDs with pydicom, which wrote several
+    lines quoting the peer's bytes for each: any client could write to the
+    receiver's stderr log at will.
+    """
+    # Given: the receiver's stderr log as it is now.
+    pids = receiver_pids(svc)
+    log_path = svc.run_dir / "receiver.out.log"
+    logged_before = log_path.stat().st_size
+    # When: requests arrive with a '/' in their UIDs (one bit away from '.').
+    rq = associate_rq("RAWSCU", "STORSCP", [(VERIFICATION, [IMPLICIT_LE]), (df.CT, [IMPLICIT_LE])])
+    for uid in (VERIFICATION, IMPLICIT_LE, "1.2.840.10008.3.1.1.1"):
+        bad = uid.encode().replace(b".", b"/", 1)
+        with RawAssociation(svc.port) as assoc:
+            assoc.send(rq.replace(uid.encode(), bad, 1))
+            # Then: each is refused or answered without the bad part ...
+            assert assoc.recv_pdu()[0] in (0x02, 0x03, 0x07)
+    assert_still_serving(svc, pids)
+    # ... and nothing about them went to the receiver's stderr log.
+    with open(log_path, "rb") as fh:
+        fh.seek(logged_before)
+        added = fh.read().decode(errors="replace")
+    assert added == "", added
