@@ -192,15 +192,17 @@ def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored
             found = sopuids.from_file(part.path, part.dataset_offset, pending.transfer_syntax)
         except (ValueError, OSError) as exc:
             raise StoreFailure(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
-    if found.sop_instance_uid is None or strip_padding(found.sop_instance_uid) != uid:
+    found_uid = strip_padding(found.sop_instance_uid or "")
+    if found.sop_instance_uid is None or found_uid != uid:
         raise StoreFailure(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"dataset SOP Instance UID {found.sop_instance_uid!r} != request {uid!r}",
+            f"dataset SOP Instance UID {found_uid!r} != request {uid!r}",
         )
-    if found.sop_class_uid is None or strip_padding(found.sop_class_uid) != class_uid:
+    found_class = strip_padding(found.sop_class_uid or "")
+    if found.sop_class_uid is None or found_class != class_uid:
         raise StoreFailure(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"dataset SOP Class UID {found.sop_class_uid!r} != request {class_uid!r}",
+            f"dataset SOP Class UID {found_class!r} != request {class_uid!r}",
         )
     try:
         name = part.make_ready(uid, depot_dir_fd)
