@@ -138,13 +138,17 @@ def prepare_storage(config: Config, account: Account | None) -> None:
         if storage.exists() or config.is_explicit("storage_dir"):
             why = "is not a directory" if storage.exists() else "does not exist"
             raise CommandError(ExitCode.CANTCREAT, f"{STORAGE_DIR_MESSAGE}: {storage} {why}")
-        _mkdir("storage_dir", storage)  # the default ./storage, on a first run
+        _mkdir("storage_dir", storage, int(config.dir_mode))  # the default ./storage, first run
         _give(storage, account)
     if not os.access(storage, os.W_OK | os.X_OK):
         raise CommandError(ExitCode.CANTCREAT, _not_writable_message(config, storage, None))
     depot = config.depot_dir
     try:
-        depot.mkdir(mode=0o750, exist_ok=True)
+        if not depot.is_dir():
+            depot.mkdir(mode=int(config.dir_mode))
+            os.chmod(depot, int(config.dir_mode))  # exactly, whatever the umask
+    except FileExistsError:
+        pass  # not a directory: said below
     except OSError as exc:
         raise CommandError(
             ExitCode.CANTCREAT, f"depot {depot} cannot be created: {exc.strerror}"
@@ -157,14 +161,18 @@ def prepare_storage(config: Config, account: Account | None) -> None:
 
 def prepare_log_dir(config: Config, account: Account | None) -> None:
     created = not config.log_dir.exists()
-    _mkdir("log_dir", config.log_dir)
+    _mkdir("log_dir", config.log_dir, int(config.dir_mode))
     if created:
         _give(config.log_dir, account)
 
 
 def _mkdir(key: str, path: Path, mode: int = 0o750) -> None:
+    """Create `path` if missing, with exactly `mode` (whatever the umask)."""
+    existed = path.is_dir()
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
+        if not existed:
+            os.chmod(path, mode)
     except OSError as exc:
         raise CommandError(
             ExitCode.CANTCREAT, f"{key} {path} cannot be created: {exc.strerror}"

@@ -142,3 +142,13 @@ def test_file_and_directory_modes(service_factory: type[Service], short_tmp: Pat
     assert stat.S_IMODE(os.stat(svc.depot_dir).st_mode) == 0o750
     for name in ("storscp1.log",):
         assert not stat.S_IMODE(os.stat(svc.log_dir / name).st_mode) & 0o007
+
+
+def test_dir_mode_applies_to_the_directories_storscp_creates(
+    service_factory: type[Service],
+) -> None:
+    # 0770 survives the usual umask 022: storscp sets the mode exactly.
+    svc = service_factory(dir_mode="0770")
+    svc.start()
+    for path in (svc.depot_dir, svc.log_dir):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o770, path
