@@ -1,4 +1,4 @@
-"""Entry point of the receiver: start the AE, serve until told to stop, drain."""
+"""Entry point of the receiver: listen, serve associations until told to stop, drain."""
 
 from __future__ import annotations
 
