@@ -345,6 +345,7 @@ class Connection:
         self.stats.bytes += stored.size_bytes
         self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
         self.outbox.post("committer", stored)
+        self.receiver.parts.refill()
 
     def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
         self.stats.failures += 1

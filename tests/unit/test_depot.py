@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import zlib
 from pathlib import Path
 
@@ -197,10 +198,26 @@ def test_file_meta_matches_pydicoms_encoding(tmp_path: Path) -> None:
 
 def test_part_pool_hands_out_locked_parts_and_cleans_up(tmp_path: Path) -> None:
     pool = PartPool(tmp_path, 0o640, size=2)
-    fd, path = pool.take()
-    with open(path, "rb") as fh, pytest.raises(BlockingIOError):
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fd, path = pool.take()  # nothing spare yet: made on the spot
     os.close(fd)
     os.unlink(path)
-    pool.close()
+    pool.refill()
+    spares = sorted(os.listdir(tmp_path))
+    assert len(spares) == 2 and all(n.endswith(".part") for n in spares)
+    fd, path = pool.take()
+    assert path.name in spares
+    with open(path, "rb") as fh, pytest.raises(BlockingIOError):
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o640
+    os.close(fd)
+    os.unlink(path)
+    pool.close()  # the other spare goes too
     assert os.listdir(tmp_path) == []
+
+
+def test_part_pool_refill_leaves_a_failure_to_take(tmp_path: Path) -> None:
+    pool = PartPool(tmp_path / "missing", 0o640)
+    pool.refill()  # no directory: nothing made, nothing raised
+    with pytest.raises(FileNotFoundError):
+        pool.take()
+    pool.close()
