@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import data, report
+from bench.floor import durable_write_ms
 from bench.inotify import DirectoryWatcher
 from bench.procstat import TreeMeter, tree_pids
 from bench.senders import send
@@ -256,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     # Fresh server directories: storscp's old logs would hold stale START events.
     for stale in (work / "servers", work / "logs"):
         shutil.rmtree(stale, ignore_errors=True)
+    floor_dir = work / "floor"
+    shutil.rmtree(floor_dir, ignore_errors=True)
+    floor_ms = durable_write_ms(floor_dir)
+    log(f"durable write floor: median {statistics.median(floor_ms):.3f} ms per instance")
     servers: list[Server] = [SERVER_TYPES[n](work / "servers" / n) for n in names]
     runs: list[Run] = []
     latency_runs: list[LatencyRun] = []
@@ -317,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
             except Exception as exc:  # report every server that would not stop
                 log(f"{server.name}: stop failed: {exc}")
+            server.empty_trash()
+        shutil.rmtree(floor_dir, ignore_errors=True)
     elapsed = time.time() - started
     busy_after, mine_after = report.cpu_busy_s()
     context = report.Context(
@@ -335,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_count=len(latency_workload.instances) if latency_workload else 0,
         rounds=mode.rounds,
         note=args.note,
+        floor_ms=floor_ms,
     )
     scenario_names = {s.key: s.name for s in scenarios}
     text = report.render(context, runs, scenario_names, names, REFERENCE, latency_runs)
