@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -31,6 +32,9 @@ from bench.verify import verify, wait_visible
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE = "dcmtk"
 LATENCY_SENDERS = 4
+
+# Directories of an earlier benchmark, deleted only after this one has measured.
+OLD_PREFIX = "old-"
 
 
 class BenchmarkFailed(Exception):
@@ -255,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
+    # SIGTERM ends the benchmark like Ctrl-C: the finally below stops the servers.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Fresh server directories: storscp's old logs would hold stale START events.
-    for stale in (work / "servers", work / "logs"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # Old ones are moved aside and deleted at the end (see Server.clear_output).
+    for stale in (work / "servers", work / "logs", work / "floor"):
+        if stale.exists():
+            stale.rename(work / f"{OLD_PREFIX}{stale.name}-{time.time_ns()}")
     floor_dir = work / "floor"
-    shutil.rmtree(floor_dir, ignore_errors=True)
     floor_ms = durable_write_ms(floor_dir)
     log(f"durable write floor: median {statistics.median(floor_ms):.3f} ms per instance")
     servers: list[Server] = [SERVER_TYPES[n](work / "servers" / n) for n in names]
@@ -324,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # report every server that would not stop
                 log(f"{server.name}: stop failed: {exc}")
             server.empty_trash()
-        shutil.rmtree(floor_dir, ignore_errors=True)
+        for old in [floor_dir, *work.glob(f"{OLD_PREFIX}*")]:
+            shutil.rmtree(old, ignore_errors=True)
     elapsed = time.time() - started
     busy_after, mine_after = report.cpu_busy_s()
     context = report.Context(
