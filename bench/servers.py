@@ -245,12 +245,15 @@ class Pynetdicom(Server):
 class Storscp(Server):
     name = "storscp"
 
+    env: dict[str, str] | None = None
+
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         defaults = Config()
         # Production defaults, spelled out because the test helper shortens them.
         self.service = Service(
             root,
+            env=self.env,
             depot_scan_interval_s=defaults.depot_scan_interval_s,
             drain_timeout_s=defaults.drain_timeout_s,
         )
@@ -288,8 +291,23 @@ class Storscp(Server):
         return "storscp run -c storscp.toml  (host 127.0.0.1, port 0, other keys default)"
 
 
+class StorscpWithoutFsync(Storscp):
+    """Diagnostic: storscp with os.fsync a no-op (bench/nofsync/sitecustomize.py).
+
+    Not a fair competitor and not a mode of the service: the difference to
+    `storscp` is what fsync-before-Success costs on this disk.
+    """
+
+    name = "storscp-nofsync"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent / "nofsync")}
+
+    def describe(self) -> str:
+        return "PYTHONPATH=bench/nofsync " + super().describe() + "; os.fsync is a no-op"
+
+
 SERVER_TYPES: dict[str, type[Server]] = {
     "dcmtk": Dcmtk,
     "pynetdicom": Pynetdicom,
     "storscp": Storscp,
+    "storscp-nofsync": StorscpWithoutFsync,
 }
