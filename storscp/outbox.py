@@ -1,8 +1,8 @@
 """A process's single sending thread for bus messages.
 
-pynetdicom runs every association on its own thread, and a ZeroMQ socket
-must have one owner, so callers `post()` to a `SimpleQueue` (never blocks)
-and one daemon thread owns the PUSH sockets. It sends without blocking; when
+The receiver serves every association on its own thread, and a ZeroMQ
+socket must have one owner, so callers `post()` to a `SimpleQueue` (never
+blocks) and one daemon thread owns the PUSH sockets. It sends without blocking; when
 a peer's queue is full the message is dropped and said so on stderr:
 a full queue must never stall a C-STORE.
 """
