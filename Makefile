@@ -14,6 +14,7 @@ test:
 	scripts/bootstrap.sh --test
 	$(BIN)/ruff check storscp tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy tests/support
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 soak:

@@ -197,9 +197,9 @@ class RawAssociation:
         ac = A_ASSOCIATE_AC()
         ac.decode(struct.pack(">BxL", 0x02, len(body)) + body)
         for cx in ac.to_primitive().presentation_context_definition_results_list:
-            if cx.result == 0:
-                proposed = contexts[(int(cx.context_id) - 1) // 2][0]
-                self.contexts[int(cx.context_id)] = (proposed, str(cx.transfer_syntax[0]))
+            if cx.result == 0 and cx.context_id is not None:
+                proposed = contexts[(cx.context_id - 1) // 2][0]
+                self.contexts[cx.context_id] = (proposed, str(cx.transfer_syntax[0]))
         return self
 
     def context_for(self, abstract: str) -> int:

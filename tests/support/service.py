@@ -37,7 +37,7 @@ COMPONENT_MODULES = {
 
 
 def poll_for(
-    predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05
+    predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> T:
     """Return the first truthy value of predicate(), or fail after timeout_s."""
     deadline = time.monotonic() + timeout_s
