@@ -46,6 +46,8 @@ CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
 # How often `storscp logs -f` looks for new lines: well under the time the
 # logger needs to fill a whole file, so no alternation goes unseen.
 FOLLOW_INTERVAL_S = 0.1
+# How long `storscp run` lets the logger take the "ended without a stop" event.
+UNCLEAN_END_WAIT_MS = 30_000
 FOLLOW_BUSY_INTERVAL_S = 0.01
 
 
@@ -216,8 +218,10 @@ def cmd_run(config: Config) -> int:
     stale_pid = preflight.stale_supervisord_pid(conf.pidfile_path(config))
     config = prepare(config)
     if stale_pid is not None:
-        # No logger yet, and this process becomes supervisord: say it here.
         print(f"storscp: the previous supervisord (pid {stale_pid}) ended without a stop")
+        # This process becomes supervisord, and the logger is not up yet: a
+        # detached grandchild waits for it and puts the event on record.
+        _report_unclean_end_detached(config, stale_pid)
     print(
         f"storscp {__version__}: serving {config.ae_title} on {config.host}:{config.port},"
         f" storage {config.storage_dir}, logs {config.log_dir}",
@@ -311,11 +315,16 @@ def _failure_of(config: Config, info: control.ProcessInfo) -> tuple[ExitCode, st
     return ExitCode.SOFTWARE, reason
 
 
-def _report_unclean_end(config: Config, stale_pid: int) -> None:
-    """Put on record that the previous supervisord ended without a stop."""
+def _report_unclean_end(config: Config, stale_pid: int, linger_ms: int = bus.LINGER_MS) -> None:
+    """Put on record that the previous supervisord ended without a stop.
+
+    `linger_ms`: how long to wait for the logger to take the event.
+    """
     from storscp.outbox import Outbox  # zmq only when there is something to say
 
-    outbox = Outbox(bus.Proc.CLI, {"logger": bus.logger_endpoint(config.run_dir)})
+    outbox = Outbox(
+        bus.Proc.CLI, {"logger": bus.logger_endpoint(config.run_dir)}, linger_ms=linger_ms
+    )
     outbox.start()
     outbox.event(
         bus.EventType.ERROR,
@@ -323,7 +332,30 @@ def _report_unclean_end(config: Config, stale_pid: int) -> None:
         pid=stale_pid,
         reason="its pidfile was left behind; its components were stopped by the kernel",
     )
-    outbox.close()
+    outbox.close(timeout_s=linger_ms / 1000 + 1)
+
+
+def _report_unclean_end_detached(config: Config, stale_pid: int) -> None:
+    """`_report_unclean_end` from a grandchild, so this process can exec supervisord.
+
+    The grandchild is orphaned at once (init reaps it, not supervisord) and
+    waits up to UNCLEAN_END_WAIT_MS for the logger that supervisord starts.
+    zmq is imported only in the grandchild: its threads do not survive a fork.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    try:
+        if os.fork() == 0:
+            os.setsid()  # no terminal signals meant for supervisord
+            _report_unclean_end(config, stale_pid, linger_ms=UNCLEAN_END_WAIT_MS)
+    except Exception as exc:  # a log line is not worth a traceback on the console
+        print(f"storscp: could not log the unclean end: {exc}", file=sys.stderr)
+    finally:
+        os._exit(0)
 
 
 def cmd_stop(config: Config) -> int:

@@ -169,3 +169,21 @@ def test_kill_9_supervisord_then_a_fresh_start_takes_over(
     # The receiver drains up to drain_timeout_s before the new one can bind.
     assert recovery_s < 5 + RECOVERY_LIMIT_S + 10
     report(crash_report, "supervisord", counts, recovery_s, pool)
+
+
+def test_storscp_run_after_a_supervisord_kill_logs_the_unclean_end(
+    service_factory: type[Service],
+) -> None:
+    # Given a service in the foreground (`storscp run` became supervisord)
+    svc = service_factory().start()
+    supervisord = svc.supervisord_pid()
+    # When: supervisord dies, and the admin runs `storscp run` again
+    os.kill(supervisord, signal.SIGKILL)
+    poll_for(lambda: not alive(supervisord), 10, "supervisord to die")
+    svc.start()
+    # Then: the console and the log both say how the previous one ended
+    assert f"previous supervisord (pid {supervisord}) ended without a stop" in svc.output()
+    error = svc.wait_event(
+        "ERROR", 30, proc="cli", what="previous supervisord ended without a stop"
+    )[0]
+    assert error["pid"] == str(supervisord)
