@@ -6,7 +6,8 @@ single write() on an O_APPEND descriptor, and a line is either whole in the
 file or absent: a short write (full disk) is truncated away. After a
 restart we continue in the file written last (newer mtime; on a tie, the
 smaller one, which is the one just started). A current file deleted by
-hand is created again at the next line.
+hand is created again at the next line. A file larger than the limit (it was
+lowered) is cut to its newest lines at start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
 
 from storscp.logger.lines import cut_line
@@ -56,6 +58,37 @@ def oldest_first(paths: tuple[Path, Path]) -> list[Path]:
     return [p for p in (paths[1 - newest], paths[newest]) if p.exists()]
 
 
+def keep_newest_lines(path: Path, max_bytes: int) -> None:
+    """Cut a file larger than `max_bytes` (the limit was lowered) to its newest whole lines.
+
+    Neither file may exceed the limit, and the newest lines are the ones an
+    admin needs. The cut copy replaces the file atomically and keeps its mtime,
+    which says which of the two files was written last.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_size <= max_bytes:
+        return
+    with open(path, "rb") as fh:
+        # One byte more: if it is a newline, the window starts with a whole line.
+        fh.seek(st.st_size - max_bytes - 1)
+        tail = fh.read(max_bytes + 1)
+    newline = tail.find(b"\n")
+    kept = tail[newline + 1 :] if newline >= 0 else b""
+    temporary = path.with_name(path.name + ".cut")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.write(fd, kept)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(temporary, path)
+
+
 class AlternatingLog:
     """The pair of files; only the logger process creates one."""
 
@@ -64,6 +97,8 @@ class AlternatingLog:
         self.max_bytes = max_bytes
         self.file_mode = file_mode
         self.current = newest_index(self.paths)
+        for path in self.paths:
+            keep_newest_lines(path, max_bytes)
         self._fd = self._open(self.current, truncate=False)
         self.size = os.fstat(self._fd).st_size
         self.dirty = False

@@ -167,3 +167,27 @@ def test_oldest_first_orders_by_mtime(tmp_path: Path) -> None:
     assert [p.name for p in oldest_first(log.paths)] == ["storscp1.log", "storscp2.log"]
     (tmp_path / "storscp1.log").unlink()
     assert [p.name for p in oldest_first(log.paths)] == ["storscp2.log"]
+
+
+def test_a_lowered_limit_cuts_both_files_to_their_newest_lines(tmp_path: Path) -> None:
+    # Given two files written under a limit of 1000 bytes
+    older = b"".join(line(i) for i in range(0, 50))  # 1000 bytes
+    newer = b"".join(line(i) for i in range(50, 60))  # 200 bytes
+    (tmp_path / "storscp2.log").write_bytes(older)
+    (tmp_path / "storscp1.log").write_bytes(newer)
+    os.chmod(tmp_path / "storscp2.log", 0o640)
+    os.utime(tmp_path / "storscp2.log", ns=(1, 1))
+    # When the logger starts with a limit of 100 (and 110: not on a line boundary)
+    for limit, whole_lines in ((100, 5), (110, 5)):
+        log = AlternatingLog(tmp_path, limit)
+        # Then each file holds its newest whole lines, within the limit
+        assert (tmp_path / "storscp2.log").read_bytes() == older[-20 * whole_lines :]
+        assert (tmp_path / "storscp1.log").read_bytes() == newer[-20 * whole_lines :]
+        assert max(sizes(tmp_path)) <= limit
+        # and the file written last is still the current one
+        assert log.current == 0
+        log.close()
+        older, newer = older[-20 * whole_lines :], newer[-20 * whole_lines :]
+        os.utime(tmp_path / "storscp2.log", ns=(1, 1))
+    assert oct((tmp_path / "storscp2.log").stat().st_mode & 0o777) == oct(0o640)
+    assert sorted(os.listdir(tmp_path)) == ["storscp1.log", "storscp2.log"]
