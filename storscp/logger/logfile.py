@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 
 from storscp.logger.lines import cut_line
@@ -78,15 +79,21 @@ def keep_newest_lines(path: Path, max_bytes: int) -> None:
     newline = tail.find(b"\n")
     kept = tail[newline + 1 :] if newline >= 0 else b""
     temporary = path.with_name(path.name + ".cut")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-        os.write(fd, kept)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns))
-    os.replace(temporary, path)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            if os.write(fd, kept) != len(kept):
+                raise OSError(errno.ENOSPC, "short write", str(temporary))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 class AlternatingLog:
@@ -98,7 +105,14 @@ class AlternatingLog:
         self.file_mode = file_mode
         self.current = newest_index(self.paths)
         for path in self.paths:
-            keep_newest_lines(path, max_bytes)
+            try:
+                keep_newest_lines(path, max_bytes)
+            except OSError as exc:
+                # Not worth failing to start over: the next alternation cuts it anyway.
+                print(
+                    f"storscp logger: cannot cut {path} to {max_bytes} bytes: {exc}",
+                    file=sys.stderr,
+                )
         self._fd = self._open(self.current, truncate=False)
         self.size = os.fstat(self._fd).st_size
         self.dirty = False

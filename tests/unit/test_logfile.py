@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from storscp.logger.logfile import AlternatingLog, oldest_first
 
 LIMIT = 100
@@ -133,6 +135,8 @@ def test_restart_after_a_crash_mid_line_does_not_glue_lines(tmp_path: Path) -> N
 SHORT_WRITE = """
 import os, resource, signal, sys
 from pathlib import Path
+import pytest
+
 from storscp.logger.logfile import AlternatingLog
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (150, 150))
@@ -191,3 +195,17 @@ def test_a_lowered_limit_cuts_both_files_to_their_newest_lines(tmp_path: Path) -
         os.utime(tmp_path / "storscp2.log", ns=(1, 1))
     assert oct((tmp_path / "storscp2.log").stat().st_mode & 0o777) == oct(0o640)
     assert sorted(os.listdir(tmp_path)) == ["storscp1.log", "storscp2.log"]
+
+
+def test_a_file_that_cannot_be_cut_is_left_whole_and_the_log_still_opens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content = b"".join(line(i) for i in range(20))  # 400 bytes
+    (tmp_path / "storscp1.log").write_bytes(content)
+    (tmp_path / "storscp1.log.cut").mkdir()  # a real EISDIR when the cut copy is made
+    log = AlternatingLog(tmp_path, LIMIT)
+    assert (tmp_path / "storscp1.log").read_bytes() == content
+    assert "cannot cut" in capsys.readouterr().err
+    log.write_line(line(20))  # over the limit: the other file takes it
+    assert (tmp_path / "storscp2.log").read_bytes() == line(20)
+    log.close()
