@@ -120,24 +120,6 @@ def test_dataset_uid_differing_from_request_is_a900(svc: Service) -> None:
     assert_still_serving(svc, pids)
 
 
-def test_pdu_announcing_4gb_is_aborted_without_allocating(svc: Service) -> None:
-    pids = receiver_pids(svc)
-    with RawAssociation(svc.port) as assoc:
-        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
-        assoc.send(struct.pack(">BxL", 0x04, 0xFFFFFFFF) + b"\x00" * 100)
-        assert assoc.closed_by_peer()
-    svc.wait_event("ERROR", what="protocol error")
-    assert_still_serving(svc, pids)
-
-
-def test_associate_rq_announcing_4gb_is_aborted(svc: Service) -> None:
-    pids = receiver_pids(svc)
-    with RawAssociation(svc.port) as assoc:
-        assoc.send(struct.pack(">BxL", 0x01, 0xFFFFFFFF) + b"\x00" * 100)
-        assert assoc.closed_by_peer()
-    assert_still_serving(svc, pids)
-
-
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -157,37 +139,50 @@ def test_garbage_before_association_is_dropped(svc: Service, garbage: bytes) -> 
     assert_still_serving(svc, pids)
 
 
-def test_pdv_item_length_overflowing_its_pdu_is_aborted(svc: Service) -> None:
+def _pdu_announcing_4gb(assoc: RawAssociation) -> None:
+    assoc.send(struct.pack(">BxL", 0x04, 0xFFFFFFFF) + b"\x00" * 100)
+
+
+def _associate_rq_announcing_4gb(assoc: RawAssociation) -> None:
+    assoc.send(struct.pack(">BxL", 0x01, 0xFFFFFFFF) + b"\x00" * 100)
+
+
+def _pdv_item_overflowing_its_pdu(assoc: RawAssociation) -> None:
+    command = store_rq(1, CT, b"1.2.3")
+    good = p_data(assoc.context_for(df.CT), 0x03, command)
+    # Item length says 1000 bytes more than the PDU holds.
+    assoc.send(good[:6] + struct.pack(">L", len(command) + 2 + 1000) + good[10:])
+
+
+def _message_on_unaccepted_context(assoc: RawAssociation) -> None:
+    assoc.send(p_data(99, 0x03, store_rq(1, CT, b"1.2.3")))
+
+
+def _dataset_before_command(assoc: RawAssociation) -> None:
+    assoc.send(p_data(assoc.context_for(df.CT), 0x02, minimal_dataset(CT, b"1.2.3")))
+
+
+# (attack, whether it comes after an accepted association)
+PROTOCOL_ATTACKS = {
+    "P-DATA announcing 4 GB": (_pdu_announcing_4gb, True),
+    "A-ASSOCIATE-RQ announcing 4 GB": (_associate_rq_announcing_4gb, False),
+    "PDV item length past its PDU": (_pdv_item_overflowing_its_pdu, True),
+    "message on an unaccepted context": (_message_on_unaccepted_context, True),
+    "dataset before its command": (_dataset_before_command, True),
+}
+
+
+@pytest.mark.parametrize("name", PROTOCOL_ATTACKS)
+def test_protocol_violation_is_aborted_and_logged(svc: Service, name: str) -> None:
+    attack, after_association = PROTOCOL_ATTACKS[name]
     pids = receiver_pids(svc)
+    errors_before = len(svc.events("ERROR", what="protocol error"))
     with RawAssociation(svc.port) as assoc:
-        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
-        cid = assoc.context_for(df.CT)
-        command = store_rq(1, CT, b"1.2.3")
-        good = p_data(cid, 0x03, command)
-        # Item length says 1000 bytes more than the PDU holds.
-        bad = good[:6] + struct.pack(">L", len(command) + 2 + 1000) + good[10:]
-        assoc.send(bad)
+        if after_association:
+            assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
+        attack(assoc)
         assert assoc.closed_by_peer()
-    svc.wait_event("ERROR", what="protocol error")
-    assert_still_serving(svc, pids)
-
-
-def test_message_on_unaccepted_context_is_aborted(svc: Service) -> None:
-    pids = receiver_pids(svc)
-    with RawAssociation(svc.port) as assoc:
-        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
-        assoc.send(p_data(99, 0x03, store_rq(1, CT, b"1.2.3")))
-        assert assoc.closed_by_peer()
-    assert_still_serving(svc, pids)
-
-
-def test_dataset_before_command_is_aborted(svc: Service) -> None:
-    pids = receiver_pids(svc)
-    with RawAssociation(svc.port) as assoc:
-        assoc.associate(contexts=[(df.CT, [EXPLICIT_LE])])
-        cid = assoc.context_for(df.CT)
-        assoc.send(p_data(cid, 0x02, minimal_dataset(CT, b"1.2.3")))
-        assert assoc.closed_by_peer()
+    svc.wait_event("ERROR", what="protocol error", count=errors_before + 1)
     assert_still_serving(svc, pids)
 
 
