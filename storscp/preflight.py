@@ -143,18 +143,7 @@ def prepare_storage(config: Config, account: Account | None) -> None:
     if not os.access(storage, os.W_OK | os.X_OK):
         raise CommandError(ExitCode.CANTCREAT, _not_writable_message(config, storage, None))
     depot = config.depot_dir
-    try:
-        if not depot.is_dir():
-            depot.mkdir(mode=int(config.dir_mode))
-            os.chmod(depot, int(config.dir_mode))  # exactly, whatever the umask
-    except FileExistsError:
-        pass  # not a directory: said below
-    except OSError as exc:
-        raise CommandError(
-            ExitCode.CANTCREAT, f"depot {depot} cannot be created: {exc.strerror}"
-        ) from None
-    if not depot.is_dir():
-        raise CommandError(ExitCode.CANTCREAT, f"depot {depot} cannot be created: not a directory")
+    _mkdir("depot", depot, int(config.dir_mode))
     if account is not None and depot.stat().st_uid != account.uid:
         _give(depot, account)
 
@@ -173,6 +162,8 @@ def _mkdir(key: str, path: Path, mode: int = 0o750) -> None:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
         if not existed:
             os.chmod(path, mode)
+    except FileExistsError:
+        pass  # not a directory: said below
     except OSError as exc:
         raise CommandError(
             ExitCode.CANTCREAT, f"{key} {path} cannot be created: {exc.strerror}"
