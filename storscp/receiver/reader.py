@@ -53,9 +53,7 @@ class SocketReader:
         if self._start == self._end:
             self._start = self._end = 0
         elif self._end == len(self._buf):
-            kept = self._end - self._start
-            self._buf[:kept] = self._view[self._start : self._end]
-            self._start, self._end = 0, kept
+            self._compact()
         got = self.sock.recv_into(self._view[self._end :])
         if got == 0:
             raise PeerClosed()
