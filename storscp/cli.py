@@ -46,9 +46,9 @@ CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
 # How often `storscp logs -f` looks for new lines: well under the time the
 # logger needs to fill a whole file, so no alternation goes unseen.
 FOLLOW_INTERVAL_S = 0.1
+FOLLOW_BUSY_INTERVAL_S = 0.01
 # How long `storscp run` lets the logger take the "ended without a stop" event.
 UNCLEAN_END_WAIT_MS = 30_000
-FOLLOW_BUSY_INTERVAL_S = 0.01
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,9 +2,9 @@
 
 The receiver serves every association on its own thread, and a ZeroMQ
 socket must have one owner, so callers `post()` to a `SimpleQueue` (never
-blocks) and one daemon thread owns the PUSH sockets. It sends without blocking; when
-a peer's queue is full the message is dropped and said so on stderr:
-a full queue must never stall a C-STORE.
+blocks) and one daemon thread owns the PUSH sockets. It sends without
+blocking; when a peer's queue is full the message is dropped and said so on
+stderr: a full queue must never stall a C-STORE.
 """
 
 from __future__ import annotations
