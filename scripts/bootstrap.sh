@@ -26,14 +26,32 @@ if [ ! -f "$stamp$extras" ] || [ setup.cfg -nt "$stamp$extras" ]; then
     touch "$stamp$extras"
 fi
 
-if [ "$want_test" = 1 ] && ! command -v storescu >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "bootstrap: the tests need DCMTK (storescu); run 'apt-get install dcmtk' as root" >&2
-        exit 1
-    fi
-    echo "bootstrap: installing DCMTK (Debian package dcmtk)"
+# Debian packages the tests need: "command package" pairs, installed when the
+# command is missing. The tests run these real programs; none is mocked.
+TEST_DEBS=(
+    "storescu dcmtk"
+)
+
+apt_install() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q dcmtk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dcmtk >/dev/null; }
+    apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
+}
+
+if [ "$want_test" = 1 ]; then
+    missing=()
+    for pair in "${TEST_DEBS[@]}"; do
+        read -r cmd pkg <<<"$pair"
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "bootstrap: the tests need Debian packages ${missing[*]}; install them as root" >&2
+            exit 1
+        fi
+        echo "bootstrap: installing Debian packages ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
 fi
 
 # The privilege tests run storscp as real unprivileged accounts. When the
@@ -45,9 +63,7 @@ if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
     if ! runuser -u nobody -- .venv/bin/python -c '' >/dev/null 2>&1 \
         && [ ! -x "/usr/bin/python$pyver" ]; then
         echo "bootstrap: installing python$pyver (Debian) for the tests that run as another account"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q "python$pyver" >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q "python$pyver" >/dev/null; } \
+        apt_install "python$pyver" \
             || echo "bootstrap: python$pyver is not available here; the privilege tests will say so" >&2
     fi
 fi
