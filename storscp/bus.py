@@ -51,6 +51,7 @@ class Proc(StrEnum):
     COMMITTER = "committer"
     LOGGER = "logger"
     LISTENER = "listener"
+    COMMITMENT = "commitment"
     CLI = "cli"
 
 
@@ -68,6 +69,16 @@ def committer_endpoint(run_dir: Path) -> str:
 def logger_endpoint(run_dir: Path) -> str:
     """Every process pushes Event here; the logger binds it."""
     return f"ipc://{run_dir}/{BUS_DIR_NAME}/logger.sock"
+
+
+def commitment_endpoint(run_dir: Path) -> str:
+    """Receivers push commitment requests and report outcomes here; commitment binds it."""
+    return f"ipc://{run_dir}/{BUS_DIR_NAME}/commitment.sock"
+
+
+def receiver_endpoint(run_dir: Path, pid: int) -> str:
+    """One receiver process binds this; commitment pushes ReportOffered to it."""
+    return f"ipc://{run_dir}/{BUS_DIR_NAME}/receiver-{pid}.sock"
 
 
 def now_iso() -> str:
@@ -101,11 +112,62 @@ class Event:
     KIND = b"event"
 
 
-Message = InstanceStored | Event
+@dataclass(frozen=True, slots=True)
+class CommitmentRequested:
+    """Receiver -> commitment: a Storage Commitment request is pending on disk.
+
+    `request_name` is its file in `<state_dir>/commitment/`; the file is the
+    request, this only rings the bell.
+    """
+
+    request_name: str
+
+    KIND = b"sc-requested"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOffered:
+    """Commitment -> the receiver holding the association that asked: send this report.
+
+    `committed` holds [SOP Class UID, SOP Instance UID] pairs, `failed` the
+    same with `reasons` (Failure Reason codes) in the same order.
+    """
+
+    request_name: str
+    association_id: int
+    transaction_uid: str
+    committed: list[list[str]]
+    failed: list[list[str]]
+    reasons: list[int]
+
+    KIND = b"sc-offered"
+
+
+class Outcome(StrEnum):
+    """What became of a ReportOffered."""
+
+    ACCEPTED = "accepted"  # the association is open; the report is being sent
+    DELIVERED = "delivered"  # the SCU answered the N-EVENT-REPORT with Success
+    DECLINED = "declined"  # not sent, or not confirmed: use a new association
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOutcome:
+    """Receiver -> commitment: the fate of an offered report."""
+
+    request_name: str
+    outcome: Outcome
+    reason: str = ""
+
+    KIND = b"sc-outcome"
+
+
+Message = InstanceStored | Event | CommitmentRequested | ReportOffered | ReportOutcome
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (InstanceStored, Event)
+    cls: tuple(f.name for f in fields(cls))
+    for cls in (InstanceStored, Event, CommitmentRequested, ReportOffered, ReportOutcome)
 }
 
 
@@ -140,6 +202,19 @@ def decode(frames: list[bytes]) -> Message:
             event = Event(**body)
             _check_event(event, frames)
             return event
+        if kind == CommitmentRequested.KIND:
+            requested = CommitmentRequested(**body)
+            _check_strings(requested, ("request_name",), frames)
+            return requested
+        if kind == ReportOffered.KIND:
+            offered = ReportOffered(**body)
+            _check_offer(offered, frames)
+            return offered
+        if kind == ReportOutcome.KIND:
+            body["outcome"] = Outcome(body["outcome"])
+            outcome = ReportOutcome(**body)
+            _check_strings(outcome, ("request_name", "reason"), frames)
+            return outcome
     except (TypeError, ValueError, KeyError) as exc:
         raise BusError(f"malformed {kind!r} message: {exc}", frames) from None
     raise BusError(f"unknown message kind {kind!r}", frames)
@@ -156,14 +231,39 @@ def _check_event(event: Event, frames: list[bytes]) -> None:
 
 
 def _check_types(msg: InstanceStored, frames: list[bytes]) -> None:
-    for name in (
-        "depot_name",
-        "sop_instance_uid",
-        "sop_class_uid",
-        "transfer_syntax_uid",
-        "calling_ae",
-    ):
+    _check_strings(
+        msg,
+        ("depot_name", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "calling_ae"),
+        frames,
+    )
+    if not _is_int(msg.size_bytes):
+        raise BusError("field size_bytes must be an integer", frames)
+
+
+def _check_strings(msg: Message, names: tuple[str, ...], frames: list[bytes]) -> None:
+    for name in names:
         if not isinstance(getattr(msg, name), str):
             raise BusError(f"field {name} must be a string", frames)
-    if not isinstance(msg.size_bytes, int) or isinstance(msg.size_bytes, bool):
-        raise BusError("field size_bytes must be an integer", frames)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_offer(msg: ReportOffered, frames: list[bytes]) -> None:
+    _check_strings(msg, ("request_name", "transaction_uid"), frames)
+    if not _is_int(msg.association_id):
+        raise BusError("field association_id must be an integer", frames)
+    for name in ("committed", "failed"):
+        pairs = getattr(msg, name)
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(u, str) for u in p)
+            for p in pairs
+        ):
+            raise BusError(f"field {name} must be a list of [class, instance] pairs", frames)
+    if (
+        not isinstance(msg.reasons, list)
+        or len(msg.reasons) != len(msg.failed)
+        or not all(_is_int(r) for r in msg.reasons)
+    ):
+        raise BusError("field reasons must be one integer per failed reference", frames)

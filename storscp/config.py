@@ -48,12 +48,17 @@ DEFAULT_DIR_MODE = Octal(0o750)
 
 @dataclass(frozen=True, slots=True)
 class RemoteAE:
-    """A `[[remote_ae]]` table: a peer allowed when `accept_any` is false."""
+    """A `[[remote_ae]]` table: a peer allowed when `accept_any` is false.
+
+    With `storage_commitment`, it may ask for Storage Commitment, and its
+    reports go to `host`:`port` when its association has ended.
+    """
 
     name: str
     ae_title: str
     host: str | None = None
     port: int | None = None
+    storage_commitment: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,15 @@ class Config:
     depot_scan_interval_s: float = 2.0
     # A receiver lets associations in flight finish for this long on SIGTERM.
     drain_timeout_s: float = 20.0
+    # Storage Commitment: wait this long for acknowledged instances to be committed.
+    commitment_wait_s: float = 30.0
+    # First delay before a report is retried on a new association; doubles up to the max.
+    commitment_retry_s: float = 10.0
+    commitment_retry_max_s: float = 300.0
+    # A report not delivered this long after its request is given up (an ERROR).
+    commitment_deadline_s: float = 3600.0
+    # More references in one N-ACTION are refused (0x0213 Resource limitation).
+    commitment_max_references: int = 4096
     remote_ae: tuple[RemoteAE, ...] = ()
     tls: TlsConfig | None = None
     # Members of this group may use the control socket (status, stop, restart).
@@ -123,6 +137,16 @@ class Config:
     def depot_dir(self) -> Path:
         """Staging area inside the storage directory (same filesystem)."""
         return self.storage_dir / "depot"
+
+    @property
+    def state_dir(self) -> Path:
+        """Durable per-node state (pending commitment requests, ...): survives reboots."""
+        return self.storage_dir / ".storscp"
+
+    @property
+    def commitment_dir(self) -> Path:
+        """Pending Storage Commitment requests (commitmentfiles.py)."""
+        return self.state_dir / "commitment"
 
     @property
     def receiver_count(self) -> int:
@@ -171,6 +195,11 @@ KEYS: dict[str, tuple[type, str]] = {
     "dir_mode": (Octal, "mode of directories we create, octal"),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
+    "commitment_wait_s": (float, "Storage Commitment: wait for acknowledged instances"),
+    "commitment_retry_s": (float, "Storage Commitment: first retry of a report"),
+    "commitment_retry_max_s": (float, "Storage Commitment: longest delay between retries"),
+    "commitment_deadline_s": (float, "Storage Commitment: give a report up after this"),
+    "commitment_max_references": (int, "Storage Commitment: most references per request"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
     "user": (str, "account the components run as (empty: the one starting them)"),
 }
@@ -300,7 +329,7 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
     out = []
     for i, table in enumerate(value):
         where = f"{source}: [[remote_ae]] #{i + 1}"
-        extra = set(table) - {"name", "ae_title", "host", "port"}
+        extra = set(table) - {"name", "ae_title", "host", "port", "storage_commitment"}
         if extra:
             raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
         for key in ("name", "ae_title"):
@@ -314,7 +343,15 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
             raise ConfigError(f"{where}: key 'port' must be 1-65535")
         if not _AE_TITLE_RE.match(table["ae_title"]) or "\\" in table["ae_title"]:
             raise ConfigError(f"{where}: key 'ae_title' must be 1-16 printable ASCII characters")
-        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port))
+        commitment = table.get("storage_commitment", False)
+        if not isinstance(commitment, bool):
+            raise ConfigError(f"{where}: key 'storage_commitment' must be true or false")
+        if commitment and (host is None or port is None):
+            raise ConfigError(
+                f"{where}: key 'storage_commitment' needs 'host' and 'port':"
+                " reports go there once the association that asked has ended"
+            )
+        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port, commitment))
     return tuple(out)
 
 
@@ -419,6 +456,7 @@ def validate(config: Config) -> None:
     for key in ("max_instance_bytes", "min_free_bytes"):
         if getattr(config, key) < 0:
             raise ConfigError(f"{src}: key {key!r} must be 0 or more")
+    _validate_commitment(config)
     if not config.accept_any and not config.remote_ae:
         raise ConfigError(
             f"{src}: accept_any is false but no [[remote_ae]] is listed: nobody could connect"
@@ -426,11 +464,36 @@ def validate(config: Config) -> None:
     if config.tls is not None:
         _validate_tls(src, config)
     _validate_accounts(config)
-    longest = config.bus_dir / "committer.sock"
+    # The longest name in bus/: a receiver's own socket, named by its pid.
+    longest = config.bus_dir / "receiver-4194304.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
         raise ConfigError(
             f"{src}: key 'run_dir' is too long for a Unix socket path"
             f" ({len(str(longest).encode())} > {MAX_IPC_PATH_BYTES} bytes): {config.run_dir}"
+        )
+
+
+def _validate_commitment(config: Config) -> None:
+    src = config._source
+    limits = (
+        ("commitment_wait_s", 0.0, 3600.0),
+        ("commitment_retry_s", 0.05, 86400.0),
+        ("commitment_retry_max_s", 0.05, 86400.0),
+        ("commitment_deadline_s", 1.0, 30 * 86400.0),
+    )
+    for key, low, high in limits:
+        value = getattr(config, key)
+        if not low <= value <= high:
+            raise ConfigError(f"{src}: key {key!r} must be {low:g}-{high:g} seconds, got {value}")
+    if config.commitment_retry_max_s < config.commitment_retry_s:
+        raise ConfigError(
+            f"{src}: key 'commitment_retry_max_s' must be at least commitment_retry_s"
+            f" ({config.commitment_retry_s}), got {config.commitment_retry_max_s}"
+        )
+    if not 1 <= config.commitment_max_references <= 65536:
+        raise ConfigError(
+            f"{src}: key 'commitment_max_references' must be 1-65536,"
+            f" got {config.commitment_max_references}"
         )
 
 

@@ -36,3 +36,53 @@ def test_malformed_frames_raise_bus_error_and_keep_them(frames: list[bytes]) -> 
     with pytest.raises(bus.BusError) as info:
         bus.decode(frames)
     assert info.value.frames == frames
+
+
+COMMITMENT_MESSAGES = [
+    bus.CommitmentRequested("1.2.3.request"),
+    bus.ReportOffered(
+        "1.2.3.request", 7, "1.2.3", [["1.2.840", "1.2.9.1"]], [["1.2.840", "1.2.9.2"]], [0x0112]
+    ),
+    bus.ReportOffered("1.2.3~t.request", 1, "1.2.3", [], [], []),
+    bus.ReportOutcome("1.2.3.request", bus.Outcome.DECLINED, "association ended"),
+    bus.ReportOutcome("1.2.3.request", bus.Outcome.DELIVERED),
+]
+
+
+@pytest.mark.parametrize("msg", COMMITMENT_MESSAGES)
+def test_commitment_messages_round_trip(msg: bus.Message) -> None:
+    assert bus.decode(bus.encode(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"sc-requested", b'{"v": 1, "request_name": 5}'],
+        [b"sc-requested", b'{"v": 1}'],
+        [b"sc-outcome", b'{"v": 1, "request_name": "x", "outcome": "maybe"}'],
+        [b"sc-outcome", b'{"v": 1, "request_name": "x", "outcome": "delivered", "reason": 1}'],
+        [
+            b"sc-offered",
+            b'{"v": 1, "request_name": "x", "association_id": "7", "transaction_uid": "1",'
+            b' "committed": [], "failed": [], "reasons": []}',
+        ],
+        [
+            b"sc-offered",
+            b'{"v": 1, "request_name": "x", "association_id": 7, "transaction_uid": "1",'
+            b' "committed": [["1"]], "failed": [], "reasons": []}',
+        ],
+        [
+            b"sc-offered",
+            b'{"v": 1, "request_name": "x", "association_id": 7, "transaction_uid": "1",'
+            b' "committed": [], "failed": [["1", "2"]], "reasons": []}',
+        ],
+        [
+            b"sc-offered",
+            b'{"v": 1, "request_name": "x", "association_id": 7, "transaction_uid": "1",'
+            b' "committed": [], "failed": [["1", "2"]], "reasons": [true]}',
+        ],
+    ],
+)
+def test_malformed_commitment_messages_raise_bus_error(frames: list[bytes]) -> None:
+    with pytest.raises(bus.BusError):
+        bus.decode(frames)
