@@ -44,11 +44,15 @@ def load_component_config(proc: str, argv: list[str] | None) -> Config:
         raise StartupFailure(ExitCode.CONFIG, str(exc)) from None
 
 
-def make_outbox(proc: str, config: Config, *, to_committer: bool = False) -> Outbox:
-    """An outbox to the logger (and the committer for receivers), started."""
+def make_outbox(
+    proc: str, config: Config, *, to_committer: bool = False, to_commitment: bool = False
+) -> Outbox:
+    """An outbox to the logger (and the committer, the commitment process), started."""
     endpoints = {"logger": bus.logger_endpoint(config.run_dir)}
     if to_committer:
         endpoints["committer"] = bus.committer_endpoint(config.run_dir)
+    if to_commitment:
+        endpoints["commitment"] = bus.commitment_endpoint(config.run_dir)
     outbox = Outbox(proc, endpoints)
     outbox.start()
     return outbox

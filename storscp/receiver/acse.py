@@ -34,6 +34,8 @@ from pynetdicom.presentation import (
 )
 
 from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storscp.commitmentinfo import SOP_CLASS_UID as STORAGE_COMMITMENT
+from storscp.commitmentinfo import TRANSFER_SYNTAXES as COMMITMENT_SYNTAXES
 from storscp.receiver.dimse import VERIFICATION_SOP_CLASS
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
@@ -67,11 +69,20 @@ class Negotiated:
 
 
 def supported_contexts() -> list[PresentationContext]:
-    """Verification, and every storage SOP class pynetdicom knows in every syntax."""
+    """Verification, every storage SOP class pynetdicom knows in every syntax,
+    and Storage Commitment Push Model with us as its SCP.
+
+    Role selection for Storage Commitment: the requestor may be the SCU (the
+    default roles); a requestor that wants only the SCP role has its context
+    rejected, since we never act as a Storage Commitment SCU.
+    """
     contexts = [build_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)]
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None
         contexts.append(build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES))
+    commitment = build_context(STORAGE_COMMITMENT, list(COMMITMENT_SYNTAXES))
+    commitment.scu_role, commitment.scp_role = True, False
+    contexts.append(commitment)
     return contexts
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import time
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING
 from storscp import bus
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
+from storscp.receiver.commitment_dimse import AssociationCommitment
+from storscp.receiver.commitment_requests import ActionDataset
 from storscp.receiver.dimse import Command, CommandError, CommandField
 from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import (
@@ -89,7 +92,9 @@ class Connection:
         self.reader = SocketReader(sock)
         self._command = bytearray()
         self._pending: PendingStore | None = None
+        self._action: ActionDataset | None = None
         self._expecting_dataset: Command | None = None
+        self.commitment: AssociationCommitment | None = None
         self._slot: int | None = None
         self._stopping = False
 
@@ -126,6 +131,8 @@ class Connection:
             if self._pending is not None:
                 self._pending.discard()
                 self._pending = None
+            if self.commitment is not None:
+                self.commitment.close(f"the association {ending}")
             self._close()
             if self._slot is not None:
                 self.receiver.association_ended(self._slot)
@@ -195,6 +202,17 @@ class Connection:
         self._association_event(
             "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
         )
+        self.commitment = AssociationCommitment(
+            self.receiver.commitment,
+            self.receiver.mailboxes,
+            assoc,
+            self.peer,
+            self.peer_host,
+            self._send,
+            self._association_event,
+            self._error,
+            self.config.dimse_timeout_s,
+        )
         return True
 
     def _reject_reason(self, assoc: Negotiated) -> pdu.Reject | None:
@@ -212,6 +230,8 @@ class Connection:
         """Read PDUs until release or abort; returns (ending, reason)."""
         reader = self.reader
         while True:
+            if self._between_messages():
+                self._wait_for_peer()
             # Waiting for the next PDU: only silence is limited ...
             reader.set_wait(self.config.network_timeout_s)
             header = reader.read(6)
@@ -236,6 +256,39 @@ class Connection:
                     if pdu_type in pdu.PduType.__members__.values()
                     else pdu.AbortReason.UNRECOGNIZED_PDU,
                 )
+
+    def _between_messages(self) -> bool:
+        return self._expecting_dataset is None and not self._command
+
+    def _wait_for_peer(self) -> None:
+        """While a commitment report may come for this association, watch for it too.
+
+        Only between two messages of the peer, and only this thread writes
+        to the socket. Silence still ends the association after
+        network_timeout_s.
+        """
+        commitment = self.commitment
+        if commitment is None:
+            return
+        silence_end = time.monotonic() + self.config.network_timeout_s
+        while True:
+            commitment.idle()
+            if not commitment.watching:
+                return
+            pending_tls = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+            if self.reader.buffered or pending_tls:
+                return
+            now = time.monotonic()
+            if now >= silence_end:
+                raise TimeoutError("no PDU within network_timeout_s")
+            wait_s = silence_end - now
+            deadline = commitment.next_deadline()
+            if deadline is not None:
+                wait_s = max(0.0, min(wait_s, deadline - now))
+            sock_fd = self.sock.fileno()
+            readable, _, _ = select.select([sock_fd, commitment.wake_fd], [], [], wait_s)
+            if sock_fd in readable:
+                return
 
     def _read_p_data(self, length: int) -> None:
         limit = self.config.max_pdu_bytes + PDU_LENGTH_SLACK
@@ -281,6 +334,17 @@ class Connection:
         command = self._expecting_dataset
         if command is None:
             raise ProtocolError("dataset fragment without a command")
+        action = self._action
+        if action is not None:
+            if action.context_id != context_id:
+                raise ProtocolError("dataset fragment on another presentation context")
+            self.reader.stream(length, action.take)
+            if last:
+                self._expecting_dataset = None
+                self._action = None
+                assert self.commitment is not None
+                self.commitment.action_ended(action)
+            return
         pending = self._pending
         if pending is None or pending.context_id != context_id:
             raise ProtocolError("dataset fragment on another presentation context")
@@ -320,6 +384,16 @@ class Connection:
                 self.receiver.parts,
                 self.receiver.limits,
             )
+        elif command.command_field == CommandField.N_ACTION_RQ:
+            assert self.commitment is not None
+            self._action = self.commitment.on_action(context_id, context, command)
+            if self._action is not None:
+                self._expecting_dataset = command
+        elif command.command_field == CommandField.N_EVENT_REPORT_RSP:
+            if command.has_dataset:
+                raise ProtocolError("N-EVENT-REPORT-RSP with a dataset")
+            if self.commitment is None or not self.commitment.on_response(command):
+                self._error("unexpected response", f"N-EVENT-REPORT-RSP to {command.responded_to}")
         elif command.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing of ours is cancellable
         else:
@@ -410,7 +484,7 @@ class Connection:
             **fields,
         )
 
-    def _error(self, what: str, reason: str) -> None:
+    def _error(self, what: str, reason: str, **fields: bus.FieldValue) -> None:
         assoc = self.assoc
         self.outbox.event(
             bus.EventType.ERROR,
@@ -418,4 +492,5 @@ class Connection:
             reason=reason,
             calling_ae=assoc.calling_ae if assoc else "",
             peer=self.peer,
+            **fields,
         )

@@ -8,6 +8,7 @@ import os
 import warnings
 
 from storscp import __version__, bus
+from storscp.commitmentfiles import RequestStore
 from storscp.component import (
     StartupFailure,
     load_component_config,
@@ -16,6 +17,7 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.receiver.commitment_reports import Mailboxes, ReportMail
 from storscp.receiver.server import Receiver
 from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
@@ -42,6 +44,12 @@ def check_depot(config: Config) -> None:
             ExitCode.CANTCREAT,
             f"depot {config.depot_dir} is not writable by uid {os.geteuid()}",
         )
+    try:
+        RequestStore(config.commitment_dir, dir_mode=int(config.dir_mode)).create_dirs()
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot create {config.commitment_dir}: {exc.strerror}"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 
-    outbox = make_outbox(PROC, config, to_committer=True)
+    outbox = make_outbox(PROC, config, to_committer=True, to_commitment=True)
+    # Storage Commitment reports for associations still open come back here.
+    mailboxes = Mailboxes()
+    mail = ReportMail(bus.receiver_endpoint(config.run_dir, os.getpid()), mailboxes, outbox)
     try:
-        receiver = Receiver(config, outbox)
+        reply_to = mail.endpoint
+        if not mail.start():
+            # Reports then always go on a new association; nothing else is lost.
+            outbox.event(bus.EventType.ERROR, what="report endpoint unavailable", reason=mail.error)
+            reply_to = ""
+        receiver = Receiver(config, outbox, mailboxes, reply_to)
         try:
             host, port, tls_port = receiver.listen()
         except TlsSetupError as exc:
@@ -100,4 +116,5 @@ def main(argv: list[str] | None = None) -> int:
             )
         return ExitCode.OK
     finally:
+        mail.stop()
         outbox.close()

@@ -22,6 +22,8 @@ from storscp.outbox import Outbox
 from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.admission import admission_check, resolve_remote_hosts
+from storscp.receiver.commitment_reports import Mailboxes
+from storscp.receiver.commitment_requests import CommitmentRequests
 from storscp.receiver.connection import Connection
 from storscp.receiver.depot import PartPool
 from storscp.receiver.slots import AssociationSlots
@@ -38,7 +40,14 @@ PENDING_CONNECTIONS = 16
 class Receiver:
     """Accepts connections and holds what all of them share."""
 
-    def __init__(self, config: Config, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        mailboxes: Mailboxes | None = None,
+        reply_to: str = "",
+    ) -> None:
+        """`reply_to`: the endpoint whose offers go to `mailboxes` ("": none)."""
         self.config = config
         self.outbox = outbox
         self.depot_dir = config.depot_dir
@@ -49,6 +58,8 @@ class Receiver:
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
         self.allowed_hosts = resolve_remote_hosts(config)
+        self.commitment = CommitmentRequests(config, outbox, self.allowed_hosts, reply_to)
+        self.mailboxes = mailboxes if reply_to else None
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
