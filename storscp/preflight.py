@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from storscp.config import Config
+from storscp.errors import StorscpError
 from storscp.exitcodes import ExitCode
 
 STORAGE_DIR_MESSAGE = "An existing Storage SCP directory must be specified"
@@ -35,7 +36,7 @@ COMPONENT_MODULES = {
 }
 
 
-class CommandError(Exception):
+class CommandError(StorscpError):
     """Refuse with a clear message and an exit code, never a traceback."""
 
     def __init__(self, code: ExitCode, message: str) -> None:

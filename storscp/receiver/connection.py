@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from storscp import bus
+from storscp.errors import StorscpError
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
 from storscp.receiver.dimse import Command, CommandError, CommandField
@@ -51,7 +52,7 @@ MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 PDU_LENGTH_SLACK = 6
 
 
-class ProtocolError(Exception):
+class ProtocolError(StorscpError):
     """The peer broke the Upper Layer or DIMSE protocol; we abort."""
 
     def __init__(self, message: str, reason: pdu.AbortReason = pdu.AbortReason.NOT_SPECIFIED):

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from storscp.errors import StorscpError
+
 ELEMENT = struct.Struct("<HHL")
 US = struct.Struct("<H")
 UL = struct.Struct("<L")
@@ -29,7 +31,7 @@ class CommandField(IntEnum):
     C_CANCEL_RQ = 0x0FFF
 
 
-class CommandError(ValueError):
+class CommandError(StorscpError, ValueError):
     """A command set that cannot be decoded: the association is aborted."""
 
 
