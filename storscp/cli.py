@@ -24,10 +24,10 @@ from typing import NoReturn
 
 from storscp import __version__, bus, preflight
 from storscp.config import KEYS, Config, ConfigError, ConfigNotReadable, flag_for, load
+from storscp.errors import CommandRefused, NotPermitted
 from storscp.exitcodes import ExitCode
 from storscp.logger.lock import LogDirLocked, check_log_dir_free
 from storscp.logger.reader import LogFollower
-from storscp.preflight import CommandError, NotPermitted
 from storscp.supervisor import conf, control
 from storscp.supervisor.exits import last_exit, last_line, startup_reason
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CONFIG
     except (control.AccessDenied, NotPermitted) as exc:
         return _not_permitted(command, str(exc))
-    except CommandError as exc:
+    except CommandRefused as exc:
         print(f"{failed}{exc}", file=sys.stderr)
         return exc.code
     except control.NotAnswering as exc:
@@ -137,9 +137,9 @@ def _check_log_dir_free(config: Config) -> None:
     try:
         check_log_dir_free(config.log_dir)
     except LogDirLocked as exc:
-        raise CommandError(ExitCode.UNAVAILABLE, str(exc)) from None
+        raise CommandRefused(ExitCode.UNAVAILABLE, str(exc)) from None
     except OSError as exc:
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.CANTCREAT, f"log_dir {config.log_dir} is not usable: {exc}"
         ) from None
 
@@ -190,7 +190,7 @@ def _refuse_leftovers(config: Config) -> None:
     left = preflight.wait_for_leftovers(config, _leftovers_timeout_s(config))
     if left:
         names = ", ".join(f"{name} pid {pid}" for name, pid in left)
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.UNAVAILABLE,
             f"components of a previous run are still running ({names}); stop them first",
         )
@@ -213,7 +213,7 @@ def cmd_config(config: Config) -> int:
 
 def cmd_run(config: Config) -> int:
     if control.is_running(config):
-        raise CommandError(ExitCode.UNAVAILABLE, "service already running")
+        raise CommandRefused(ExitCode.UNAVAILABLE, "service already running")
     _refuse_leftovers(config)
     stale_pid = preflight.stale_supervisord_pid(conf.pidfile_path(config))
     config = prepare(config)
@@ -258,16 +258,16 @@ def _launch(config: Config) -> None:
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        raise CommandError(ExitCode.SOFTWARE, "supervisord did not daemonise") from None
+        raise CommandRefused(ExitCode.SOFTWARE, "supervisord did not daemonise") from None
     if result.returncode != 0:
         said = (result.stderr or result.stdout).strip().splitlines()
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.SOFTWARE,
             f"supervisord: {said[-1] if said else f'exited with {result.returncode}'}",
         )
     if not _wait_for(lambda: control.is_running(config), START_TIMEOUT_S):
         reason = last_line(conf.log_path(config)) or "no reason in its log"
-        raise CommandError(ExitCode.SOFTWARE, f"supervisord did not come up: {reason}")
+        raise CommandRefused(ExitCode.SOFTWARE, f"supervisord did not come up: {reason}")
 
 
 def _wait_until_started(config: Config, supervisord: int, old_pids: set[int]) -> None:
@@ -284,19 +284,19 @@ def _wait_until_started(config: Config, supervisord: int, old_pids: set[int]) ->
         except control.NotRunning:
             if not preflight.pid_alive(supervisord):
                 reason = last_line(conf.log_path(config)) or "no reason in its log"
-                raise CommandError(ExitCode.SOFTWARE, f"supervisord exited: {reason}") from None
+                raise CommandRefused(ExitCode.SOFTWARE, f"supervisord exited: {reason}") from None
             infos = []  # restarting: the socket comes back shortly
         fatal = [p for p in infos if p.state == "FATAL"]
         if fatal:
             code, reason = _failure_of(config, fatal[0])
             _shutdown_and_wait(config)
-            raise CommandError(code, f"{fatal[0].name}: {reason}")
+            raise CommandRefused(code, f"{fatal[0].name}: {reason}")
         if infos and all(p.state == "RUNNING" and p.pid not in old_pids for p in infos):
             return
         if time.monotonic() > deadline:
             waiting = ", ".join(f"{p.name} {p.state}" for p in infos if p.state != "RUNNING")
             _shutdown_and_wait(config)
-            raise CommandError(
+            raise CommandRefused(
                 ExitCode.SOFTWARE,
                 f"not all components RUNNING after {START_TIMEOUT_S:.0f}s ({waiting or 'none'})",
             )
@@ -420,7 +420,7 @@ def load_running(config: Config) -> Config:
     try:
         return load(config.effective_path)
     except ConfigError as exc:
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.SOFTWARE, f"cannot read the running configuration: {exc}"
         ) from None
 
@@ -471,7 +471,7 @@ def cmd_logs(config: Config, follow: bool, last: int | None) -> int:
     try:
         lines = follower.poll()
         if not lines and not follow and not any(p.exists() for p in follower.paths):
-            raise CommandError(ExitCode.NOINPUT, f"no log files in {config.log_dir}")
+            raise CommandRefused(ExitCode.NOINPUT, f"no log files in {config.log_dir}")
         out.writelines(lines if last is None else lines[len(lines) - last :])
         out.flush()
         lost = 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from storscp.config import Config
-from storscp.errors import StorscpError
+from storscp.errors import CommandRefused, NotPermitted
 from storscp.exitcodes import ExitCode
 
 STORAGE_DIR_MESSAGE = "An existing Storage SCP directory must be specified"
@@ -34,21 +34,6 @@ COMPONENT_MODULES = {
     "storscp.committer": "committer",
     "storscp.receiver": "receiver",
 }
-
-
-class CommandError(StorscpError):
-    """Refuse with a clear message and an exit code, never a traceback."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class NotPermitted(CommandError):
-    """The caller may not control this service (run_dir or socket not theirs)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ExitCode.NOPERM, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +95,7 @@ def prepare_run_dir(config: Config, account: Account | None) -> None:
                 os.chown(run_dir, -1, grp.getgrnam(config.admin_group).gr_gid)
             os.chmod(run_dir, mode)
         except OSError as exc:
-            raise CommandError(
+            raise CommandRefused(
                 ExitCode.CANTCREAT,
                 f"run_dir {run_dir} cannot be given to admin_group {config.admin_group}:"
                 f" {exc.strerror}",
@@ -138,11 +123,11 @@ def prepare_storage(config: Config, account: Account | None) -> None:
     if not storage.is_dir():
         if storage.exists() or config.is_explicit("storage_dir"):
             why = "is not a directory" if storage.exists() else "does not exist"
-            raise CommandError(ExitCode.CANTCREAT, f"{STORAGE_DIR_MESSAGE}: {storage} {why}")
+            raise CommandRefused(ExitCode.CANTCREAT, f"{STORAGE_DIR_MESSAGE}: {storage} {why}")
         _mkdir("storage_dir", storage, int(config.dir_mode))  # the default ./storage, first run
         _give(storage, account)
     if not os.access(storage, os.W_OK | os.X_OK):
-        raise CommandError(ExitCode.CANTCREAT, _not_writable_message(config, storage, None))
+        raise CommandRefused(ExitCode.CANTCREAT, _not_writable_message(config, storage, None))
     depot = config.depot_dir
     _mkdir("depot", depot, int(config.dir_mode))
     if account is not None and depot.stat().st_uid != account.uid:
@@ -166,13 +151,13 @@ def _mkdir(key: str, path: Path, mode: int = 0o750) -> None:
     except FileExistsError:
         pass  # not a directory: said below
     except OSError as exc:
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.CANTCREAT, f"{key} {path} cannot be created: {exc.strerror}"
         ) from None
     if not path.is_dir():
-        raise CommandError(ExitCode.CANTCREAT, f"{key} {path} cannot be created: not a directory")
+        raise CommandRefused(ExitCode.CANTCREAT, f"{key} {path} cannot be created: not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.CANTCREAT, f"{key} {path} is not writable by uid {os.geteuid()}"
         )
 
@@ -232,10 +217,10 @@ def check_account(config: Config, account: Account | None) -> None:
     result = _probe(account, paths)
     if result.returncode == 3:
         path = Path(result.stdout.strip())
-        raise CommandError(ExitCode.CANTCREAT, _not_writable_message(config, path, account))
+        raise CommandRefused(ExitCode.CANTCREAT, _not_writable_message(config, path, account))
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.CANTCREAT,
             f"user {account.name} cannot run storscp with {sys.executable}: {detail}"
             " (install storscp where that account can read it)",
@@ -295,10 +280,10 @@ def _probe_port(probes: contextlib.ExitStack, host: str, port: int, key: str) ->
         probe.listen(1)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise CommandError(
+            raise CommandRefused(
                 ExitCode.UNAVAILABLE, f"{key} {port} on {host} is already in use"
             ) from None
-        raise CommandError(
+        raise CommandRefused(
             ExitCode.UNAVAILABLE, f"cannot listen on {host}:{port}: {exc.strerror}"
         ) from None
     return int(probe.getsockname()[1])

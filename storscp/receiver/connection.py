@@ -26,7 +26,7 @@ from storscp import bus
 from storscp.errors import StorscpError
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
-from storscp.receiver.dimse import Command, CommandError, CommandField
+from storscp.receiver.dimse import Command, CommandField, CommandSetError
 from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import (
     PendingStore,
@@ -274,7 +274,7 @@ class Connection:
             self._command.clear()
             try:
                 command = dimse.decode_command(data)
-            except CommandError as exc:
+            except CommandSetError as exc:
                 raise ProtocolError(str(exc)) from None
             self._on_command(context_id, command)
 
