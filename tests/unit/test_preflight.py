@@ -11,12 +11,9 @@ import pytest
 from storscp.config import load
 from storscp.errors import CommandRefused
 from storscp.exitcodes import ExitCode
-from storscp.preflight import (
-    STORAGE_DIR_MESSAGE,
-    prepare_run_dir,
-    prepare_storage,
-    with_ports,
-)
+from storscp.preflight import STORAGE_DIR_MESSAGE
+from storscp.preflight.directories import prepare_run_dir, prepare_storage
+from storscp.preflight.ports import with_ports
 
 
 def test_a_fresh_run_dir_is_closed_to_others(tmp_path: Path) -> None:
