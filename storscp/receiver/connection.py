@@ -19,27 +19,33 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from storscp import bus
+from storscp.config import Config
 from storscp.errors import StorscpError
+from storscp.outbox import Outbox
 from storscp.receiver import dimse, pdu
-from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
+from storscp.receiver.acse import (
+    APPLICATION_CONTEXT_NAME,
+    Negotiated,
+    NegotiationError,
+    Negotiator,
+)
+from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField, CommandSetError
 from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import (
     PendingStore,
     StoreFailure,
+    StoreLimits,
     StoreStatus,
     finish_store,
     open_store,
 )
 from storscp.receiver.tls import peer_subject
 from storscp.uids import strip_padding
-
-if TYPE_CHECKING:
-    from storscp.receiver.server import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,26 @@ class ProtocolError(StorscpError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionServices:
+    """What a connection needs of the receiver that accepted it, and nothing more.
+
+    Built once by the Receiver and shared by all its connections, so that a
+    connection never reaches back into the Receiver itself.
+    """
+
+    config: Config
+    outbox: Outbox
+    negotiator: Negotiator
+    parts: PartPool
+    limits: StoreLimits
+    depot_dir_fd: int
+    # (None, slot) lets an association in holding `slot`, else (why not, None).
+    admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, int | None]]
+    # Gives back the slot that `admit` handed out.
+    association_ended: Callable[[int], None]
+
+
 @dataclass
 class AssociationStats:
     instances: int = 0
@@ -74,7 +100,7 @@ class Connection:
         self,
         sock: socket.socket,
         peer: tuple[str, int],
-        receiver: Receiver,
+        services: ConnectionServices,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.sock = sock
@@ -82,9 +108,9 @@ class Connection:
         self.tls_subject = ""
         self.peer = f"{peer[0]}:{peer[1]}"
         self.peer_host = peer[0]
-        self.receiver = receiver
-        self.config = receiver.config
-        self.outbox = receiver.outbox
+        self.services = services
+        self.config = services.config
+        self.outbox = services.outbox
         self.assoc: Negotiated | None = None
         self.stats = AssociationStats()
         self.reader = SocketReader(sock)
@@ -129,7 +155,7 @@ class Connection:
                 self._pending = None
             self._close()
             if self._slot is not None:
-                self.receiver.association_ended(self._slot)
+                self.services.association_ended(self._slot)
                 fields = self._stats_fields()
                 if reason:
                     fields["reason"] = reason
@@ -178,7 +204,7 @@ class Connection:
             )
         body = self.reader.read(length)
         try:
-            assoc = self.receiver.negotiator.negotiate(header + body)
+            assoc = self.services.negotiator.negotiate(header + body)
         except NegotiationError as exc:
             raise ProtocolError(str(exc), pdu.AbortReason.INVALID_PDU_PARAMETER) from None
         self.assoc = assoc
@@ -204,7 +230,7 @@ class Connection:
         if assoc.application_context != APPLICATION_CONTEXT_NAME:
             return pdu.REJECT_APPLICATION_CONTEXT
         # Last: admission holds a slot for us when it lets us in.
-        reject, self._slot = self.receiver.admit(assoc, self.peer_host)
+        reject, self._slot = self.services.admit(assoc, self.peer_host)
         return reject
 
     # -- established ----------------------------------------------------------------
@@ -318,8 +344,8 @@ class Connection:
                 context.abstract_syntax,
                 context.transfer_syntax,
                 self.assoc.calling_ae,
-                self.receiver.parts,
-                self.receiver.limits,
+                self.services.parts,
+                self.services.limits,
             )
         elif command.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing of ours is cancellable
@@ -332,7 +358,7 @@ class Connection:
     def _complete_store(self, pending: PendingStore) -> None:
         command = pending.command
         try:
-            stored = finish_store(pending, self.receiver.depot_dir_fd)
+            stored = finish_store(pending, self.services.depot_dir_fd)
         except StoreFailure as exc:
             self._store_failed(pending, exc.status, str(exc))
             return
@@ -346,7 +372,7 @@ class Connection:
         self.stats.bytes += stored.size_bytes
         self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
         self.outbox.post("committer", stored)
-        self.receiver.parts.refill()
+        self.services.parts.refill()
 
     def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
         self.stats.failures += 1
