@@ -29,6 +29,7 @@ from typing import Any
 
 from storscp import depotfiles
 from storscp.commitmentinfo import Reference
+from storscp.errors import StorscpError
 from storscp.uids import UIDError, check_uid
 
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ DONE_KEEP_COUNT = 10_000
 TMP_STALE_S = 300
 
 
-class RequestFileError(Exception):
+class RequestFileError(StorscpError):
     """A request file that cannot be read back; the message says why."""
 
 

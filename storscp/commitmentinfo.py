@@ -14,10 +14,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
+from storscp.errors import StorscpError
 from storscp.uids import UIDError, check_uid
 
 SOP_CLASS_UID = "1.2.840.10008.1.20.1"
@@ -26,7 +28,9 @@ SOP_INSTANCE_UID = "1.2.840.10008.1.20.1.1"
 ACTION_REQUEST_COMMITMENT = 1
 # The only syntaxes we negotiate for this class: every SCU supports Implicit,
 # most also Explicit; neither needs more than a dataset reader.
-TRANSFER_SYNTAXES = (str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian))
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+TRANSFER_SYNTAXES = (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN)
 
 # A reference is two UIDs in an item, ~120 bytes; optional attributes (Retrieve
 # AE Title, Storage Media File-Set ID/UID) fit in the rest of this allowance.
@@ -68,7 +72,7 @@ class ActionStatus(IntEnum):
     RESOURCE_LIMITATION = 0x0213
 
 
-class ActionRefused(Exception):
+class ActionRefused(StorscpError):
     """An N-ACTION we answer with `status`; the message says why (the Error Comment)."""
 
     def __init__(self, status: ActionStatus, reason: str, transaction_uid: str = "") -> None:
@@ -124,7 +128,7 @@ def parse_action_information(
             ActionStatus.INVALID_ARGUMENT_VALUE, f"transfer syntax {transfer_syntax} not supported"
         )
     try:
-        found = _read_action(data, transfer_syntax == str(ImplicitVRLittleEndian))
+        found = _read_action(data, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
     except _Malformed as exc:
         raise ActionRefused(
             ActionStatus.INVALID_ARGUMENT_VALUE, f"Action Information cannot be decoded: {exc}"
@@ -173,7 +177,7 @@ def _text(raw: bytes) -> str:
     return raw.decode("ascii", errors="replace")
 
 
-class _Malformed(Exception):
+class _Malformed(StorscpError):
     """Bytes that are not a dataset we can walk."""
 
 
@@ -287,7 +291,13 @@ def _read_action(data: bytes, implicit: bool) -> tuple[bytes | None, list[dict[T
 
 
 def event_information(report: Report) -> Dataset:
-    """The N-EVENT-REPORT dataset: Transaction UID, successes, failures with reasons."""
+    """The N-EVENT-REPORT dataset as pydicom's Dataset, for pynetdicom to send.
+
+    pydicom is imported here, not at the top: the commitment process starts
+    (and restarts) without it, and loads it for its first report.
+    """
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     ds.TransactionUID = report.transaction_uid
     if report.committed:
@@ -308,7 +318,7 @@ def encode_event_information(report: Report, transfer_syntax: str) -> bytes:
     Written directly: pydicom takes most of a second for 4,096 references,
     on a receiver thread. Tests check both agree byte for byte.
     """
-    implicit = transfer_syntax == str(ImplicitVRLittleEndian)
+    implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     parts = [_element(_TRANSACTION, b"UI", _uid(report.transaction_uid), implicit)]
     if report.failed:
         items = [
@@ -347,6 +357,8 @@ def _sequence(tag: Tag2, items: list[bytes], implicit: bool) -> bytes:
 
 
 def _item(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    from pydicom.dataset import Dataset
+
     item = Dataset()
     item.ReferencedSOPClassUID = sop_class_uid
     item.ReferencedSOPInstanceUID = sop_instance_uid

@@ -21,6 +21,7 @@ from pathlib import Path
 from storscp import depotfiles
 from storscp.commitmentinfo import Failure, FailureReason, Reference
 from storscp.config import Config
+from storscp.errors import StorscpError
 from storscp.uids import UIDError, storage_path
 
 # Our file meta is ~250 bytes; anything past this is not a file we wrote.
@@ -33,7 +34,7 @@ _U32 = struct.Struct("<L")
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 
 
-class MetaError(ValueError):
+class MetaError(StorscpError, ValueError):
     """A stored file whose meta information we cannot read."""
 
 

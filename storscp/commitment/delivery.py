@@ -105,14 +105,17 @@ class Deliveries:
         store: RequestStore,
         outbox: Outbox,
         send_offer: Callable[[str, bus.ReportOffered], bool],
-        supported_classes: frozenset[str] = frozenset(),
+        supported_classes: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
-        """`send_offer(endpoint, msg)` queues an offer to a receiver; False if it cannot."""
+        """`send_offer(endpoint, msg)` queues an offer to a receiver; False if it cannot.
+
+        `supported_classes()` names the SOP classes we store (called by a check).
+        """
         self.config = config
         self.store = store
         self.outbox = outbox
         self.send_offer = send_offer
-        self.supported = supported_classes
+        self.supported_classes = supported_classes
         self.jobs: dict[str, Job] = {}
         self._results: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -167,7 +170,7 @@ class Deliveries:
             failed = tuple(Failure(c, i, reason) for c, i in request.references)
             return Report(request.transaction_uid, (), failed)
         result = check_references(
-            self.config, request.references, self.config.commitment_wait_s, self.supported
+            self.config, request.references, self.config.commitment_wait_s, self.supported_classes()
         )
         return Report(request.transaction_uid, result.committed, result.failed)
 

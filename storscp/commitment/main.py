@@ -13,12 +13,12 @@ costs latency, never a report.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 
 import zmq
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from storscp import bus
 from storscp.commitment.delivery import Deliveries
@@ -42,8 +42,15 @@ OFFER_HWM = 100
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def storage_classes() -> frozenset[str]:
-    """The SOP classes a receiver accepts: the rest are 0x0122 when missing."""
+    """The SOP classes a receiver accepts: the rest are 0x0122 when missing.
+
+    pynetdicom is imported at the first check, not at start: several
+    components start at once, and a slow start hides a failing one.
+    """
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
     return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
 
@@ -123,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             raise StartupFailure(
                 ExitCode.CANTCREAT, f"cannot create {config.commitment_dir}: {exc.strerror}"
             ) from None
+        if not os.access(config.commitment_dir, os.W_OK | os.X_OK):
+            raise StartupFailure(
+                ExitCode.CANTCREAT,
+                f"{config.commitment_dir} is not writable by uid {os.geteuid()}",
+            )
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, bus.SEND_HWM)
     offers = Offers(context)
-    deliveries = Deliveries(config, store, outbox, offers.send, storage_classes())
+    deliveries = Deliveries(config, store, outbox, offers.send, storage_classes)
     try:
         try:
             sock.bind(bus.commitment_endpoint(config.run_dir))

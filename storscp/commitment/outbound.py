@@ -6,14 +6,14 @@ propose SCP/SCU Role Selection with the SCP role only (the modality accepts
 association requestor"), in one context offering Implicit and Explicit VR
 Little Endian: some modalities accept only Implicit. pynetdicom plays the
 requestor's Upper Layer: a well-kept implementation, and not a hot path.
-Runs on a worker thread of the commitment process; never raises.
+Runs on a worker thread of the commitment process; never raises. pynetdicom
+is imported at the first report: the process starts (and restarts) without
+it, beside components that need the CPU to start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from pynetdicom import AE, build_role
 
 from storscp.commitmentinfo import (
     SOP_CLASS_UID,
@@ -38,6 +38,8 @@ class Attempt:
 
 def send_report(config: Config, remote: RemoteAE, report: Report) -> Attempt:
     """Associate with `remote`, send the N-EVENT-REPORT, release."""
+    from pynetdicom import AE, build_role
+
     assert remote.host is not None and remote.port is not None
     ae = AE(ae_title=config.ae_title)
     ae.connection_timeout = config.acse_timeout_s

@@ -26,10 +26,9 @@ from storscp.receiver.acse import AcceptedContext, Negotiated
 from storscp.receiver.commitment_reports import AssociationReports, Mailboxes
 from storscp.receiver.commitment_requests import ActionDataset, CommitmentRequests
 from storscp.receiver.dimse import Command
+from storscp.receiver.events import AssociationEvents
 
 log = logging.getLogger(__name__)
-
-EventSink = Callable[..., None]
 
 
 class AssociationCommitment:
@@ -43,8 +42,7 @@ class AssociationCommitment:
         peer: str,
         peer_host: str,
         send: Callable[[bytes], None],
-        association_event: EventSink,
-        error_event: EventSink,
+        events: AssociationEvents,
         rsp_timeout_s: float,
     ) -> None:
         self.requests = requests
@@ -53,8 +51,7 @@ class AssociationCommitment:
         self.peer = peer
         self.peer_host = peer_host
         self._send = send
-        self._association_event = association_event
-        self._error_event = error_event
+        self.events = events
         self.rsp_timeout_s = rsp_timeout_s
         self.reports: AssociationReports | None = None
 
@@ -130,17 +127,16 @@ class AssociationCommitment:
         }
         if accepted.duplicate:
             fields["duplicate"] = True
-        self._association_event("commitment_requested", **fields)
+        self.events.association("commitment_requested", **fields)
 
     def _refuse(self, context_id: int, command: Command, exc: ActionRefused) -> None:
         fields: dict[str, bus.FieldValue] = {
             "status": f"0x{exc.status:04X}",
             "status_name": exc.status.name,
-            "reason": str(exc),
         }
         if exc.transaction_uid:
             fields["transaction_uid"] = exc.transaction_uid
-        self._error_event("commitment request refused", **fields)
+        self.events.error("commitment request refused", str(exc), **fields)
         response = dimse.action_response(command.message_id, int(exc.status), str(exc))
         self._send(pdu.p_data_command(context_id, response))
 

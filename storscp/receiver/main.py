@@ -50,6 +50,11 @@ def check_depot(config: Config) -> None:
         raise StartupFailure(
             ExitCode.CANTCREAT, f"cannot create {config.commitment_dir}: {exc.strerror}"
         ) from None
+    if not os.access(config.commitment_dir, os.W_OK | os.X_OK):
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"{config.commitment_dir} is not writable by uid {os.geteuid()}",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     mailboxes = Mailboxes()
     mail = ReportMail(bus.receiver_endpoint(config.run_dir, os.getpid()), mailboxes, outbox)
     try:
-        reply_to = mail.endpoint
-        if not mail.start():
-            # Reports then always go on a new association; nothing else is lost.
-            outbox.event(bus.EventType.ERROR, what="report endpoint unavailable", reason=mail.error)
-            reply_to = ""
-        receiver = Receiver(config, outbox, mailboxes, reply_to)
+        receiver = Receiver(config, outbox, mailboxes, mail.endpoint)
         try:
             host, port, tls_port = receiver.listen()
         except TlsSetupError as exc:
@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             reason = f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
             outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=reason)
             return report_startup_failure(PROC, StartupFailure(code, reason))
+        if not mail.start():
+            # Reports then always go on a new association; nothing else is lost.
+            outbox.event(bus.EventType.ERROR, what="report endpoint unavailable", reason=mail.error)
+            receiver.services.commitment.reply_to = ""
         receiver.start()
         listening: dict[str, bus.FieldValue] = {"host": host, "port": port}
         if tls_port is not None:
