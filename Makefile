@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak fuzz bench bench-full clean
+.PHONY: install run test lint unit system soak fuzz bench bench-full bench-commitment clean
 
 install:
 	scripts/bootstrap.sh
@@ -29,6 +29,12 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full
+
+# Storage Commitment (issue 12): report latency for 1,000 references, and the
+# receive rate while commitment requests are served; see README "Storage Commitment".
+bench-commitment:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.commitment
 
 # The receiver fuzz test for longer than the 60 s that `make test` gives it:
 # STORSCP_FUZZ_SECONDS (default 1200) of hostile input, then the inputs survived.
