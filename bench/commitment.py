@@ -129,14 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
         rates: dict[str, list[float]] = {"alone": [], "with requests": []}
         served: list[float] = []
-        asking = Modality(ae_title="MODALITY")
         for round_ in range(args.rounds):
             for condition in (
                 ("alone", "with requests") if round_ % 2 == 0 else ("with requests", "alone")
             ):
                 asker = None
                 if condition == "with requests":
-                    asker = Asker(asking, svc.port, refs)
+                    asker = Asker(modality, svc.port, refs)
                     asker.start()
                     time.sleep(0.5)  # the first request is being served
                 started = time.monotonic()

@@ -60,8 +60,20 @@ class AssociationCommitment:
     def on_action(
         self, context_id: int, context: AcceptedContext, command: Command
     ) -> ActionDataset | None:
-        """An N-ACTION-RQ: where its dataset goes, or None if it was answered already."""
+        """An N-ACTION-RQ: where its dataset goes, or None if it has none (answered now)."""
+        if not command.has_dataset:
+            self.action_ended(ActionDataset(command, context_id, 0))
+            return None
+        # Even a request we will refuse has its dataset read off the wire first.
+        limit = self.requests.dataset_limit() if context.abstract_syntax == SOP_CLASS_UID else 0
+        return ActionDataset(command, context_id, limit)
+
+    def action_ended(self, dataset: ActionDataset) -> None:
+        """The request is complete: take it or refuse it, and answer."""
+        command, context_id = dataset.command, dataset.context_id
+        context = self.assoc.contexts[context_id]
         if context.abstract_syntax != SOP_CLASS_UID:
+            dataset.discard()
             self._refuse(
                 context_id,
                 command,
@@ -70,19 +82,9 @@ class AssociationCommitment:
                     f"N-ACTION on a context for {context.abstract_syntax}",
                 ),
             )
-            return None
-        if not command.has_dataset:
-            self.action_ended(ActionDataset(command, context_id, 0))
-            return None
-        return ActionDataset(command, context_id, self.requests.dataset_limit())
-
-    def action_ended(self, dataset: ActionDataset) -> None:
-        """The request is complete: take it or refuse it, and answer."""
-        command, context_id = dataset.command, dataset.context_id
-        context = self.assoc.contexts[context_id]
-        association_id = self.reports.box.association_id if self.reports else 0
-        if not association_id and self.mailboxes is not None:
-            association_id = self.requests.new_association_id()
+            return
+        reports = self._reports()
+        association_id = reports.box.association_id if reports else 0
         try:
             accepted = self.requests.take(
                 command,
@@ -107,12 +109,8 @@ class AssociationCommitment:
             return
         finally:
             dataset.discard()
-        if self.mailboxes is not None and self.requests.reply_to:
-            if self.reports is None:
-                self.reports = AssociationReports(
-                    self.mailboxes, association_id, self.requests.outbox, self.rsp_timeout_s
-                )
-            self.reports.asked(accepted.request_name, context_id, context.transfer_syntax)
+        if reports is not None:
+            reports.asked(accepted.request_name, context_id, context.transfer_syntax)
         response = dimse.action_response(
             command.message_id,
             ActionStatus.SUCCESS,
@@ -128,6 +126,18 @@ class AssociationCommitment:
         if accepted.duplicate:
             fields["duplicate"] = True
         self.events.association("commitment_requested", **fields)
+
+    def _reports(self) -> AssociationReports | None:
+        """This association's mailbox, open before the commitment process can be rung:
+        an offer must never find the association unknown while it is open."""
+        if self.reports is None and self.mailboxes is not None and self.requests.reply_to:
+            self.reports = AssociationReports(
+                self.mailboxes,
+                self.requests.new_association_id(),
+                self.requests.outbox,
+                self.rsp_timeout_s,
+            )
+        return self.reports
 
     def _refuse(self, context_id: int, command: Command, exc: ActionRefused) -> None:
         fields: dict[str, bus.FieldValue] = {

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
@@ -41,6 +43,23 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 200
 SUCCESS = 0x0000
+_ENDPOINT_FILE = re.compile(r"receiver-([0-9]+)\.sock")
+
+
+def remove_stale_endpoints(bus_dir: Path) -> int:
+    """Remove the socket files of receivers that died without closing them (kill -9)."""
+    removed = 0
+    try:
+        names = os.listdir(bus_dir)
+    except OSError:
+        return 0
+    for name in names:
+        match = _ENDPOINT_FILE.fullmatch(name)
+        if match and not os.path.exists(f"/proc/{match[1]}"):
+            with contextlib.suppress(OSError):
+                os.unlink(bus_dir / name)
+                removed += 1
+    return removed
 
 
 class Mailbox:

@@ -17,7 +17,7 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
-from storscp.receiver.commitment_reports import Mailboxes, ReportMail
+from storscp.receiver.commitment_reports import Mailboxes, ReportMail, remove_stale_endpoints
 from storscp.receiver.server import Receiver
 from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             reason = f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
             outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=reason)
             return report_startup_failure(PROC, StartupFailure(code, reason))
+        remove_stale_endpoints(config.bus_dir)
         if not mail.start():
             # Reports then always go on a new association; nothing else is lost.
             outbox.event(bus.EventType.ERROR, what="report endpoint unavailable", reason=mail.error)

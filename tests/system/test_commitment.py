@@ -270,6 +270,27 @@ def test_who_and_what_may_not_ask_is_refused(
     )
 
 
+def test_an_n_action_on_a_storage_context_is_refused_and_the_association_goes_on(
+    service: Service, corpus: Corpus
+) -> None:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(df.CT, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", service.port, ae_title="STORSCP")
+    assert assoc.is_established
+    try:
+        status, _ = assoc.send_n_action(
+            action_information(tx("ctx"), [(df.CT, "1.2.3.4")]), 1, df.CT, "1.2.3.4"
+        )
+        assert int(status.Status) == 0x0211
+        # The association is still there: a C-STORE on it succeeds.
+        path = corpus.images(1)[0][0]
+        assert int(assoc.send_c_store(path).Status) == 0x0000
+    finally:
+        assoc.release()
+
+
 # -- faults: a modality that is down, a process killed -------------------------
 
 

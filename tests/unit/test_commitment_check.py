@@ -95,3 +95,17 @@ def test_an_instance_left_in_the_depot_past_the_wait_is_a_processing_failure(
     (config.depot_dir / depotfiles.ready_name("1.2.8")).write_bytes(b"")
     result = check_references(config, [(CT, "1.2.8")], 0.2)
     assert result.failed == (Failure(CT, "1.2.8", FailureReason.PROCESSING_FAILURE),)
+
+
+def test_socket_files_of_dead_receivers_are_removed(tmp_path: Path) -> None:
+    from storscp.receiver.commitment_reports import remove_stale_endpoints
+
+    dead = next(pid for pid in range(4_194_000, 4_194_304) if not Path(f"/proc/{pid}").exists())
+    (tmp_path / f"receiver-{dead}.sock").touch()
+    (tmp_path / f"receiver-{os.getpid()}.sock").touch()
+    (tmp_path / "committer.sock").touch()
+    assert remove_stale_endpoints(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "committer.sock",
+        f"receiver-{os.getpid()}.sock",
+    ]
