@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from storscp import bus
+from storscp.commitmentfiles import RequestStore
 from storscp.config import Config, ConfigError, load
 from storscp.errors import StorscpError
 from storscp.exitcodes import ExitCode
@@ -63,3 +65,21 @@ def report_startup_failure(proc: str, exc: StartupFailure) -> int:
     """Say why on stderr (Supervisor's child log) and return the exit code."""
     print(f"storscp {proc}: {exc}", file=sys.stderr, flush=True)
     return int(exc.code)
+
+
+def prepare_commitment_dir(config: Config) -> None:
+    """The storage directory must exist; the pending commitment requests' directory
+    (in state_dir) is ours to create and must be writable."""
+    if not config.storage_dir.is_dir():
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"An existing Storage SCP directory must be specified: {config.storage_dir}"
+            " does not exist or is not a directory",
+        )
+    path = config.commitment_dir
+    try:
+        RequestStore(path, dir_mode=int(config.dir_mode)).create_dirs()
+    except OSError as exc:
+        raise StartupFailure(ExitCode.CANTCREAT, f"cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupFailure(ExitCode.CANTCREAT, f"{path} is not writable by uid {os.geteuid()}")

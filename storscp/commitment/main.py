@@ -27,9 +27,11 @@ from storscp.component import (
     StartupFailure,
     load_component_config,
     make_outbox,
+    prepare_commitment_dir,
     report_startup_failure,
 )
 from storscp.exitcodes import ExitCode
+from storscp.inbox import received
 from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "commitment"
@@ -95,16 +97,7 @@ class Offers:
 
 def receive(sock: zmq.Socket[bytes], deliveries: Deliveries) -> None:
     """Everything queued on our endpoint now."""
-    while True:
-        try:
-            frames = sock.recv_multipart(flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        try:
-            msg = bus.decode(frames)
-        except bus.BusError as exc:
-            log.warning("ignoring malformed message: %s", exc)
-            continue
+    for msg in received(sock):
         if isinstance(msg, bus.CommitmentRequested):
             deliveries.requested(msg.request_name)
         elif isinstance(msg, bus.ReportOutcome):
@@ -118,23 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         die_with_parent()
         store = RequestStore(config.commitment_dir, int(config.file_mode), int(config.dir_mode))
-        if not config.storage_dir.is_dir():
-            raise StartupFailure(
-                ExitCode.CANTCREAT,
-                f"An existing Storage SCP directory must be specified: {config.storage_dir}"
-                " does not exist or is not a directory",
-            )
-        try:
-            store.create_dirs()
-        except OSError as exc:
-            raise StartupFailure(
-                ExitCode.CANTCREAT, f"cannot create {config.commitment_dir}: {exc.strerror}"
-            ) from None
-        if not os.access(config.commitment_dir, os.W_OK | os.X_OK):
-            raise StartupFailure(
-                ExitCode.CANTCREAT,
-                f"{config.commitment_dir} is not writable by uid {os.geteuid()}",
-            )
+        prepare_commitment_dir(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 

@@ -36,6 +36,7 @@ from storscp.commitmentinfo import (
     Report,
     encode_event_information,
 )
+from storscp.inbox import received
 from storscp.outbox import Outbox
 from storscp.receiver import dimse, pdu
 
@@ -171,16 +172,7 @@ class ReportMail:
             context.term()
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = bus.decode(frames)
-            except bus.BusError as exc:
-                log.warning("ignoring malformed message: %s", exc)
-                continue
+        for msg in received(sock):
             if not isinstance(msg, bus.ReportOffered):
                 continue
             if self.mailboxes.deliver(msg):

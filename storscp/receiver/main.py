@@ -8,11 +8,11 @@ import os
 import warnings
 
 from storscp import __version__, bus
-from storscp.commitmentfiles import RequestStore
 from storscp.component import (
     StartupFailure,
     load_component_config,
     make_outbox,
+    prepare_commitment_dir,
     report_startup_failure,
 )
 from storscp.config import Config
@@ -44,17 +44,7 @@ def check_depot(config: Config) -> None:
             ExitCode.CANTCREAT,
             f"depot {config.depot_dir} is not writable by uid {os.geteuid()}",
         )
-    try:
-        RequestStore(config.commitment_dir, dir_mode=int(config.dir_mode)).create_dirs()
-    except OSError as exc:
-        raise StartupFailure(
-            ExitCode.CANTCREAT, f"cannot create {config.commitment_dir}: {exc.strerror}"
-        ) from None
-    if not os.access(config.commitment_dir, os.W_OK | os.X_OK):
-        raise StartupFailure(
-            ExitCode.CANTCREAT,
-            f"{config.commitment_dir} is not writable by uid {os.geteuid()}",
-        )
+    prepare_commitment_dir(config)
 
 
 def main(argv: list[str] | None = None) -> int:
