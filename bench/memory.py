@@ -46,6 +46,7 @@ IMPORTS = (
     "pynetdicom",
     "zmq",
     "supervisor.supervisord",
+    "supervisor.childutils",
     "ssl",
     "storscp.logger.main",
     "storscp.committer.main",
@@ -167,13 +168,14 @@ print(rss, len(sys.modules), ",".join(h for h in sys.argv[2:] if h in sys.module
 @dataclass(frozen=True, slots=True)
 class ImportCost:
     module: str
-    ms: float  # median over runs, top-level imports of a fresh interpreter
+    ms: float  # fastest of the runs (least disturbed by a busy machine), top-level imports
     rss_kib: int  # median RSS after the import
     modules: int  # len(sys.modules) after it
     heavy: str  # which HEAVY packages it pulled in
 
 
-def _one_import(module: str) -> tuple[float, int, int, str]:
+def probe_import(module: str) -> tuple[float, int, int, str]:
+    """(import ms of the top-level imports, RSS KiB, len(sys.modules), heavy packages loaded)."""
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", _PROBE, module, *HEAVY],
         capture_output=True,
@@ -192,10 +194,10 @@ def _one_import(module: str) -> tuple[float, int, int, str]:
 
 
 def import_cost(module: str) -> ImportCost:
-    runs = [_one_import(module) for _ in range(IMPORT_RUNS)]
+    runs = [probe_import(module) for _ in range(IMPORT_RUNS)]
     return ImportCost(
         module or "(bare interpreter)",
-        statistics.median(r[0] for r in runs),
+        min(r[0] for r in runs),
         int(statistics.median(r[1] for r in runs)),
         runs[0][2],
         runs[0][3] or "-",
@@ -254,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"over {SAMPLE_INTERVAL_S:g} s samples while sending {LOAD}.\n")
         print(_tree_table(idle, loaded) + "\n", flush=True)
     costs = [import_cost(m) for m in ("", *IMPORTS)]
-    print(f"Median of {IMPORT_RUNS} fresh interpreters; import ms and RSS added are")
-    print("relative to the bare interpreter (its own row: absolute).\n")
+    print(f"{IMPORT_RUNS} fresh interpreters each: import ms is the fastest run's `-X importtime`")
+    print("total, RSS the median; both relative to the bare interpreter (its row: absolute).\n")
     print(_import_table(costs))
     return 0
 

@@ -7,13 +7,14 @@ handful of tiny instances, against DCMTK's storescp, Orthanc and storscp.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from bench import data
+from bench import data, memory
 from bench.orthanc import Orthanc
 from bench.senders import send
 from bench.servers import Dcmtk
@@ -124,3 +125,13 @@ def test_orthanc_verification_reads_its_index_and_storage_area(short_tmp: Path) 
         assert verify(server, workload) == []
     finally:
         server.stop()
+
+
+def test_memory_probe_reads_this_process_and_an_import() -> None:
+    # Given this test's own process, When bench.memory reads it
+    mine = memory.read_memory(os.getpid())
+    # Then its figures are consistent: private <= proportional <= resident
+    assert mine is not None and 0 < mine.uss <= mine.pss <= mine.rss
+    # And a fresh interpreter's import of zmq is timed, sized and named
+    ms, rss_kib, modules, heavy = memory.probe_import("zmq")
+    assert ms > 0 and rss_kib > 1024 and modules > 10 and heavy == "zmq"
