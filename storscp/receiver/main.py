@@ -55,6 +55,21 @@ def check_depot(config: Config) -> None:
     prepare_commitment_dir(config)
 
 
+def quiet_dicom_libraries() -> None:
+    """Silence pydicom and pynetdicom; call after importing them (pydicom sets
+    its logger's level when imported).
+
+    They only decode what peers send here, so all they log or warn about is
+    a peer's bytes (a traceback for each non-ASCII AE title, a few lines
+    quoting each invalid UID): any client could fill our stderr log. A
+    refused request is already an ERROR event of ours with the library's
+    reason in it; refused contexts are counted in the ASSOCIATION event.
+    """
+    for library in ("pynetdicom", "pydicom"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
+
+
 def probe_listen(config: Config) -> None:
     """Bind each port as the server will (then let go), load the TLS certificate.
 
@@ -87,15 +102,6 @@ def listen_failure(config: Config, outbox: Outbox, exc: OSError | TlsSetupError)
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_component_config(PROC, argv)
-        # pynetdicom and pydicom only decode what peers send here, so all they
-        # log or warn about is a peer's bytes (a traceback for each non-ASCII
-        # AE title, a few lines quoting each invalid UID): any client could
-        # fill our stderr log. A refused request is already an ERROR event of
-        # ours with the library's reason in it; refused contexts are counted
-        # in the ASSOCIATION event.
-        for library in ("pynetdicom", "pydicom"):
-            logging.getLogger(library).setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
         stop = StopFlag()
         stop.install()
         die_with_parent()
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             return listen_failure(config, outbox, exc)
         from storscp.receiver.server import Receiver  # the DICOM libraries, only now
 
+        quiet_dicom_libraries()
         receiver = Receiver(config, outbox, mailboxes, mail.endpoint)
         try:
             host, port, tls_port = receiver.listen()
