@@ -41,6 +41,7 @@ def associate_rq(
     called_ae: str,
     contexts: Sequence[tuple[str, Sequence[str]]],
     max_pdu: int = 65536,
+    implementation_uid: str = "1.2.826.0.1.3680043.10.1426.99",
 ) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
@@ -53,7 +54,7 @@ def associate_rq(
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = max_pdu
     impl = ImplementationClassUIDNotification()
-    impl.implementation_class_uid = "1.2.826.0.1.3680043.10.1426.99"
+    impl.implementation_class_uid = implementation_uid
     primitive.user_information = [max_length, impl]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
