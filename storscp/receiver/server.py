@@ -132,7 +132,7 @@ class Receiver:
 
     def admit(self, assoc: Negotiated, peer_host: str) -> tuple[pdu.Reject | None, int | None]:
         """(None, slot) to accept the association holding `slot`, else (why not, None)."""
-        reject = admission_check(self.config, self.allowed_hosts, assoc, peer_host)
+        reject, _remote = admission_check(self.config, self.allowed_hosts, assoc, peer_host)
         if reject is not None:
             return reject, None
         if self._stopping.is_set():

@@ -101,13 +101,17 @@ class Service:
         *,
         cli: Sequence[str] = (STORSCP,),
         env: Mapping[str, str] | None = None,
+        storage_dir: Path | None = None,
         **keys: object,
     ) -> None:
-        """`cli` and `env` say how to run the storscp command (default: the venv's)."""
+        """`cli` and `env` say how to run the storscp command (default: the venv's).
+
+        `storage_dir`: another service's, for nodes that share one storage.
+        """
         self.root = root
         self.cli_argv = list(cli)
         self.env = dict(env) if env is not None else None
-        self.storage_dir = root / "storage"
+        self.storage_dir = storage_dir or root / "storage"
         self.log_dir = root / "log"
         self.run_dir = root / "run"
         self.keys: dict[str, object] = {
@@ -130,7 +134,9 @@ class Service:
 
     @property
     def depot_dir(self) -> Path:
-        return self.storage_dir / "depot"
+        """The depot, or this node's own with the `node` key (depot/<node>/)."""
+        node = str(self.keys.get("node", ""))
+        return self.storage_dir / "depot" / node if node else self.storage_dir / "depot"
 
     def write_config(self) -> None:
         """Scalars first, then tables (dict values) and arrays of tables (lists of dicts)."""
@@ -317,6 +323,8 @@ class Service:
             return []
         held = []
         for entry in os.scandir(self.depot_dir):
+            if entry.name.startswith("."):
+                continue  # a node's lock file, not an instance
             try:
                 if entry.name.endswith(".part") and entry.stat().st_size == 0:
                     continue
