@@ -30,7 +30,7 @@ fi
 # command is missing. The tests run these real programs; none is mocked.
 TEST_DEBS=(
     "storescu dcmtk"
-    "haproxy haproxy"
+    "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
 )
 
 apt_install() {
