@@ -52,23 +52,27 @@ class HAProxy:
         send_proxy: str = "send-proxy-v2",
         check_inter_ms: int = 300,
         host: str = "127.0.0.1",
+        health_check: bool = True,
     ) -> None:
+        """`health_check` False: no check, servers count as UP (a TLS port behind its plain one)."""
         self.root = root
         self.backends = list(backends)
         self.ae_title = ae_title
         self.send_proxy = send_proxy
         self.check_inter_ms = check_inter_ms
         self.host = host
+        self.health_check = health_check
         self.port = 0
         self.config_path = root / "haproxy.cfg"
         self.stats_socket = root / "haproxy.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def render(self) -> str:
-        check = "\n".join(f"    {line}" for line in haproxy_check_lines(self.ae_title))
+        lines = haproxy_check_lines(self.ae_title) if self.health_check else []
+        check = "\n".join(f"    {line}" for line in lines)
+        checked = f" check inter {self.check_inter_ms}ms fall 2 rise 1" if self.health_check else ""
         servers = "\n".join(
-            f"    server {b.name} {b.host}:{b.port} {self.send_proxy}"
-            f" check inter {self.check_inter_ms}ms fall 2 rise 1"
+            f"    server {b.name} {b.host}:{b.port} {self.send_proxy}{checked}"
             for b in self.backends
         )
         return f"""global

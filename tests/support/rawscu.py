@@ -123,10 +123,26 @@ def parse_command(data: bytes) -> dict[int, bytes]:
 class RawAssociation:
     """One association whose bytes the test controls."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        timeout_s: float = 30.0,
+        source: str | None = None,
+    ) -> None:
+        """`source`: the local address to connect from (127.0.0.9 ...)."""
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout_s, source_address=(source, 0) if source else None
+        )
         self.contexts: dict[int, tuple[str, str]] = {}
         self._message_id = 0
+
+    @classmethod
+    def over(cls, sock: socket.socket) -> RawAssociation:
+        """An association on a socket the test already set up (TLS, a PROXY header)."""
+        self = cls.__new__(cls)
+        self.sock, self.contexts, self._message_id = sock, {}, 0
+        return self
 
     def close(self) -> None:
         self.sock.close()
