@@ -86,10 +86,14 @@ def topology(root: Path, scenario: str) -> Iterator[tuple[int, list[Service], HA
     try:
         for name in names:
             (root / name).mkdir()
-            keys: dict[str, object] = {"node": name, "depot_scan_interval_s": 2.0}
-            if proxied:
-                keys |= {"proxy_protocol": True, "trusted_proxies": ["127.0.0.1"]}
-            node = Service(root / name, storage_dir=storage, **keys)
+            node = Service(
+                root / name,
+                storage_dir=storage,
+                node=name,
+                depot_scan_interval_s=2.0,
+                proxy_protocol=proxied,
+                trusted_proxies=["127.0.0.1"] if proxied else [],
+            )
             nodes.append(node)
             node.launch()
         for node in nodes:

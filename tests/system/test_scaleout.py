@@ -68,7 +68,7 @@ class Cluster:
             node.stop()
 
 
-def start_cluster(root: Path, **keys: object) -> Cluster:
+def start_cluster(root: Path) -> Cluster:
     storage = root / "storage"
     storage.mkdir()
     nodes: dict[str, Service] = {}
@@ -86,7 +86,6 @@ def start_cluster(root: Path, **keys: object) -> Cluster:
                 accept_any=False,
                 remote_ae=REMOTE_AES,
                 acse_timeout_s=2,
-                **keys,
             )
             nodes[name] = node
             node.launch()
