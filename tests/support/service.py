@@ -85,6 +85,8 @@ def parse_supervisorctl_status(text: str) -> list[ProcessStatus]:
 
 
 def toml_value(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -139,11 +141,17 @@ class Service:
         return self.storage_dir / "depot" / node if node else self.storage_dir / "depot"
 
     def write_config(self) -> None:
-        """Scalars first, then tables (dict values) and arrays of tables (lists of dicts)."""
-        lines = [
-            f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not isinstance(v, dict | list)
-        ]
+        """Scalars and arrays first, then tables and arrays of tables (lists of dicts)."""
+
+        def is_table(v: object) -> bool:
+            return isinstance(v, dict) or (
+                isinstance(v, list) and any(isinstance(i, dict) for i in v)
+            )
+
+        lines = [f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not is_table(v)]
         for key, value in self.keys.items():
+            if not is_table(value):
+                continue
             if isinstance(value, dict):
                 lines.append(f"[{key}]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
