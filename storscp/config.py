@@ -21,6 +21,8 @@ from typing import Any
 
 import tomli_w
 
+from storscp.errors import StorscpError
+
 DEFAULT_CONFIG_NAME = "storscp.toml"
 EFFECTIVE_CONFIG_NAME = "effective.toml"
 
@@ -37,7 +39,7 @@ _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 STATE_DIR_NAME = ".storscp"
 
 
-class ConfigError(Exception):
+class ConfigError(StorscpError):
     """A configuration value is missing, malformed or unusable."""
 
 
