@@ -20,11 +20,13 @@ import os
 import time
 from pathlib import Path
 
+from storscp.errors import StorscpError
+
 LOCK_NAME = ".node.lock"
 WAIT_S = 2.0
 
 
-class NodeLockHeld(Exception):
+class NodeLockHeld(StorscpError):
     """Someone holds the lock in a way that excludes us; the message says who."""
 
 

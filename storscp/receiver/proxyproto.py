@@ -25,6 +25,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from storscp.errors import StorscpError
+
 V1_PREFIX = b"PROXY "
 # "PROXY TCP6 <39> <39> 65535 65535\r\n": the spec's longest line.
 V1_MAX_BYTES = 107
@@ -43,7 +45,7 @@ _V2_UNIX_BYTES = 216
 _PORT_RE = re.compile(rb"0|[1-9][0-9]{0,4}")
 
 
-class ProxyHeaderError(Exception):
+class ProxyHeaderError(StorscpError):
     """Not a valid PROXY header, or too long; the connection must be closed."""
 
 
