@@ -133,10 +133,14 @@ class Config:
     _explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
+    def depots_dir(self) -> Path:
+        """`<storage_dir>/depot`: the depot, or the parent of every node's own."""
+        return self.storage_dir / "depot"
+
+    @property
     def depot_dir(self) -> Path:
         """Staging area inside the storage directory (same filesystem); a node's own."""
-        depot = self.storage_dir / "depot"
-        return depot / self.node if self.node else depot
+        return self.depots_dir / self.node if self.node else self.depots_dir
 
     @property
     def state_dir(self) -> Path:

@@ -49,6 +49,10 @@ class ProxyHeaderError(StorscpError):
     """Not a valid PROXY header, or too long; the connection must be closed."""
 
 
+class ClosedBeforeHeader(StorscpError):
+    """The peer closed without sending a byte (a balancer's connect-only check)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyHeader:
     """What the balancer said about a connection.
@@ -167,9 +171,13 @@ def read_header(sock: socket.socket, timeout_s: float) -> ProxyHeader:
     """Read and parse the header at the start of `sock`, within `timeout_s`.
 
     Raises ProxyHeaderError (not a header, malformed, too long), TimeoutError,
-    or ConnectionError when the peer closes first.
+    ClosedBeforeHeader when the peer closes without a byte, or ConnectionError
+    when it closes inside the header.
     """
     deadline = time.monotonic() + timeout_s
+    _wait(sock, deadline)
+    if not sock.recv(1, socket.MSG_PEEK):
+        raise ClosedBeforeHeader("peer closed the connection before sending anything")
     start = _recv_exact(sock, SIGNATURE_BYTES, deadline)
     if start == V2_SIGNATURE[:SIGNATURE_BYTES]:
         head = start + _recv_exact(sock, V2_HEAD.size - SIGNATURE_BYTES, deadline)

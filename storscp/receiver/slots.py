@@ -15,6 +15,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SLOTS_NAME = "association-slots"
@@ -54,6 +55,14 @@ class AssociationSlots:
     def in_use_here(self) -> int:
         with self._lock:
             return len(self._held)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The slots one association holds: the node's, and its remote AE table's if capped."""
+
+    slot: int
+    remote: tuple[int, int] | None = None  # (table index, slot)
 
 
 class RemoteAESlots:

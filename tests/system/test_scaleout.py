@@ -178,11 +178,15 @@ def test_remote_ae_host_holds_through_the_balancer(cluster: Cluster) -> None:
     ):
         elsewhere.associate(calling_ae="CT_ROOM3")
     assert (info.value.result, info.value.source, info.value.reason) == (1, 1, 3)
-    reasons = [
-        e["reason"]
-        for node in cluster.nodes.values()
-        for e in node.events("ASSOCIATION", state="rejected", calling_ae="CT_ROOM3")
-    ]
+    reasons = poll_for(
+        lambda: [
+            e["reason"]
+            for node in cluster.nodes.values()
+            for e in node.events("ASSOCIATION", state="rejected", calling_ae="CT_ROOM3")
+        ],
+        15,
+        "the rejection in a node's log",
+    )
     assert reasons == ["calling AE title not allowed from 127.0.0.4"]
 
 
