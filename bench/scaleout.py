@@ -15,15 +15,18 @@ same run, rounds interleaved (direct, haproxy-1, haproxy-2, direct, ...):
 Throughput is instances per second from the first sender's start to the
 last Success, then every instance is checked in storage (dataset SHA-256).
 Beside it: how busy the whole machine was (/proc/stat: all cores, all
-processes) and the CPU seconds of HAProxy's and of each node's process tree
-(bench/procstat.py); the rest is the senders. On a machine whose cores are
-all busy the ceiling is the CPU, and a second node on the same cores can
-only share it: this says how close each run is to that ceiling.
+processes, ours or not), and the CPU seconds of the senders (reaped
+children), of HAProxy's and of the nodes' process trees (bench/procstat.py),
+also as a share of what the cores could give in that time. On a machine
+whose cores are all busy the ceiling is the CPU, and a second node on the
+same cores can only share it: this says how close each run is to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import sys
@@ -55,7 +58,14 @@ class Run:
     machine_busy_percent: float
     haproxy_cpu_s: float
     nodes_cpu_s: float
-    served_by: tuple[int, ...]  # associations each node accepted
+    senders_cpu_s: float
+    served_by: tuple[int, ...]  # sessions HAProxy sent to each node (empty: direct)
+
+    @property
+    def our_share_percent(self) -> float:
+        """Senders + HAProxy + nodes, as a share of all cores during the run."""
+        cpu = self.haproxy_cpu_s + self.nodes_cpu_s + self.senders_cpu_s
+        return 100.0 * cpu / (self.wall_s * (os.cpu_count() or 1))
 
     @property
     def instances_per_s(self) -> float:
@@ -123,8 +133,13 @@ def run_once(work: Path, scenario: str, workload: Workload, index: int) -> Run:
         node_cpu = sum(procstat.tree_cpu_s(pid) for pid in trees)
         haproxy_cpu = procstat.tree_cpu_s(haproxy.proc.pid) if haproxy and haproxy.proc else 0.0
         busy0, total0 = machine_ticks()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = send(port, [i.path for i in workload.instances], SENDERS, root / "senders")
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy1, total1 = machine_ticks()
+        senders_cpu = (children1.ru_utime + children1.ru_stime) - (
+            children0.ru_utime + children0.ru_stime
+        )
         node_cpu = sum(procstat.tree_cpu_s(pid) for pid in trees) - node_cpu
         if haproxy and haproxy.proc:
             haproxy_cpu = procstat.tree_cpu_s(haproxy.proc.pid) - haproxy_cpu
@@ -140,7 +155,9 @@ def run_once(work: Path, scenario: str, workload: Workload, index: int) -> Run:
         for instance in workload.instances:
             if dataset_sha256(storage / f"{instance.uid}.dcm") != instance.dataset_sha256:
                 raise RuntimeError(f"{scenario}: {instance.uid} differs from what was sent")
-        served = tuple(len(n.events("ASSOCIATION", state="accepted")) for n in nodes)
+        served = (
+            tuple(int(row["stot"]) for row in haproxy.server_stats().values()) if haproxy else ()
+        )
     return Run(
         scenario,
         workload.name,
@@ -150,6 +167,7 @@ def run_once(work: Path, scenario: str, workload: Workload, index: int) -> Run:
         100.0 * (busy1 - busy0) / max(1, total1 - total0),
         haproxy_cpu,
         node_cpu,
+        senders_cpu,
         served,
     )
 
@@ -162,9 +180,9 @@ def report(runs: list[Run], rounds: int, counts: dict[str, int]) -> str:
         + " ".join(f"--count {k}={v}" for k, v in counts.items())
         + "`; medians of the rounds, each round in the order direct, haproxy-1, haproxy-2.",
         "",
-        "| workload | scenario | instances/s | MB/s | machine busy | HAProxy CPU s"
-        " | nodes CPU s | associations per node |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| workload | scenario | instances/s | MB/s | machine busy | ours of 2 cores"
+        " | CPU s: senders / HAProxy / nodes | sessions per node |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for workload in counts:
         for scenario in SCENARIOS:
@@ -176,14 +194,16 @@ def report(runs: list[Run], rounds: int, counts: dict[str, int]) -> str:
                 f" | {statistics.median(r.instances_per_s for r in mine):.0f}"
                 f" | {statistics.median(r.mb_per_s for r in mine):.1f}"
                 f" | {statistics.median(r.machine_busy_percent for r in mine):.0f} %"
-                f" | {statistics.median(r.haproxy_cpu_s for r in mine):.2f}"
-                f" | {statistics.median(r.nodes_cpu_s for r in mine):.2f}"
-                f" | {' / '.join(str(n) for n in mine[-1].served_by)} |"
+                f" | {statistics.median(r.our_share_percent for r in mine):.0f} %"
+                f" | {statistics.median(r.senders_cpu_s for r in mine):.1f}"
+                f" / {statistics.median(r.haproxy_cpu_s for r in mine):.1f}"
+                f" / {statistics.median(r.nodes_cpu_s for r in mine):.1f}"
+                f" | {' / '.join(str(n) for n in mine[-1].served_by) or '-'} |"
             )
     lines += ["", "Every round:", ""]
     lines += [
         f"- {r.workload} {r.scenario}: {r.instances_per_s:.0f}/s, {r.wall_s:.2f} s,"
-        f" busy {r.machine_busy_percent:.0f} %"
+        f" machine busy {r.machine_busy_percent:.0f} %, ours {r.our_share_percent:.0f} %"
         for r in runs
     ]
     return "\n".join(lines) + "\n"
@@ -212,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"round {index + 1} {workload.name} {scenario}:"
                         f" {run.instances_per_s:.0f}/s busy {run.machine_busy_percent:.0f} %"
+                        f" ours {run.our_share_percent:.0f} %"
                         f" served {run.served_by}",
                         flush=True,
                     )
