@@ -62,10 +62,22 @@ class Run:
     served_by: tuple[int, ...]  # sessions HAProxy sent to each node (empty: direct)
 
     @property
+    def our_cpu_s(self) -> float:
+        return self.haproxy_cpu_s + self.nodes_cpu_s + self.senders_cpu_s
+
+    @property
     def our_share_percent(self) -> float:
         """Senders + HAProxy + nodes, as a share of all cores during the run."""
-        cpu = self.haproxy_cpu_s + self.nodes_cpu_s + self.senders_cpu_s
-        return 100.0 * cpu / (self.wall_s * (os.cpu_count() or 1))
+        return 100.0 * self.our_cpu_s / (self.wall_s * (os.cpu_count() or 1))
+
+    @property
+    def cpu_ms_per_instance(self) -> float:
+        return 1000.0 * self.our_cpu_s / self.instances
+
+    @property
+    def ceiling_per_s(self) -> float:
+        """Instances/s if every core did nothing but this: the CPU ceiling."""
+        return (os.cpu_count() or 1) * 1000.0 / self.cpu_ms_per_instance
 
     @property
     def instances_per_s(self) -> float:
@@ -180,9 +192,15 @@ def report(runs: list[Run], rounds: int, counts: dict[str, int]) -> str:
         + " ".join(f"--count {k}={v}" for k, v in counts.items())
         + "`; medians of the rounds, each round in the order direct, haproxy-1, haproxy-2.",
         "",
-        "| workload | scenario | instances/s | MB/s | machine busy | ours of 2 cores"
-        " | CPU s: senders / HAProxy / nodes | sessions per node |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "*machine busy*: all cores, all processes (other work on the machine included);"
+        " *ours*: CPU of senders, HAProxy and nodes over cores x wall time; *CPU ceiling*:"
+        " cores x 1000 / CPU ms per instance, the rate if these processes had every core"
+        " to themselves and only the CPU limited them.",
+        "",
+        "| workload | scenario | instances/s | MB/s | machine busy | ours of the cores"
+        " | CPU s: senders / HAProxy / nodes | CPU ms per instance | CPU ceiling /s"
+        " | sessions per node |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     for workload in counts:
         for scenario in SCENARIOS:
@@ -198,6 +216,8 @@ def report(runs: list[Run], rounds: int, counts: dict[str, int]) -> str:
                 f" | {statistics.median(r.senders_cpu_s for r in mine):.1f}"
                 f" / {statistics.median(r.haproxy_cpu_s for r in mine):.1f}"
                 f" / {statistics.median(r.nodes_cpu_s for r in mine):.1f}"
+                f" | {statistics.median(r.cpu_ms_per_instance for r in mine):.2f}"
+                f" | {statistics.median(r.ceiling_per_s for r in mine):.0f}"
                 f" | {' / '.join(str(n) for n in mine[-1].served_by) or '-'} |"
             )
     lines += ["", "Every round:", ""]
