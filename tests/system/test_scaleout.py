@@ -63,9 +63,15 @@ class Cluster:
         return self.root / "storage"
 
     def stop(self) -> None:
+        """Stop everything, even when one node's checks fail (then say which)."""
         self.haproxy.stop()
-        for node in self.nodes.values():
-            node.stop()
+        errors = []
+        for name, node in self.nodes.items():
+            try:
+                node.stop()
+            except AssertionError as exc:
+                errors.append(f"node {name}: {exc}")
+        assert not errors, errors
 
 
 def start_cluster(root: Path) -> Cluster:
