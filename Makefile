@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak fuzz bench bench-full bench-commitment clean
+.PHONY: install run test lint unit system soak fuzz bench bench-full bench-scaleout bench-commitment clean
 
 install:
 	scripts/bootstrap.sh
@@ -31,6 +31,11 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full --results bench/RESULTS.md
+
+# Issue 14: 4 senders straight to a node, through HAProxy to 1 node and to 2 nodes.
+bench-scaleout:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.scaleout
 
 # Storage Commitment (issue 12): report latency for 1,000 references, and the
 # receive rate while commitment requests are served; see README "Storage Commitment".

@@ -130,8 +130,13 @@ class RequestStore:
         self.dir_mode = dir_mode
 
     def create_dirs(self) -> None:
-        """Make the directory and `done/` (parents too: state_dir may be new)."""
-        for path in (self.directory.parent, self.directory, self.done_dir):
+        """Make the directory and `done/`, and missing parents (state_dir may be new)."""
+        missing = [self.done_dir]
+        for path in (self.directory, *self.directory.parents):
+            if path.is_dir():
+                break
+            missing.append(path)
+        for path in reversed(missing):
             path.mkdir(mode=self.dir_mode, exist_ok=True)
 
     # -- receiver side ------------------------------------------------------
@@ -210,6 +215,34 @@ class RequestStore:
         with contextlib.suppress(OSError):
             os.utime(done)
         self._fsync_dir(self.directory)
+
+    def adopt(self, other: RequestStore) -> list[str]:
+        """Take over another node's pending requests (it is dead: `storscp recover`).
+
+        Each is linked here, then removed there; a name already in use here
+        gets a token, as a duplicate would. Returns the names here.
+        """
+        adopted: list[str] = []
+        sources: list[str] = []
+        for name in other.pending():
+            target = name
+            try:
+                os.link(other.directory / name, self.directory / target)
+            except FileExistsError:
+                target = f"{name[: -len(SUFFIX)]}{DUPLICATE_MARK}{depotfiles.new_token()}{SUFFIX}"
+                os.link(other.directory / name, self.directory / target)
+            except FileNotFoundError:
+                continue
+            adopted.append(target)
+            sources.append(name)
+        if adopted:
+            # Durable here before it is gone there: a crash leaves it in both, never in none.
+            self._fsync_dir(self.directory)
+            for name in sources:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(other.directory / name)
+            other._fsync_dir(other.directory)
+        return adopted
 
     def prune(self, now: float | None = None) -> int:
         """Forget done requests past DONE_KEEP_S or DONE_KEEP_COUNT; drop stale temp files."""

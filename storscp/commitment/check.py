@@ -11,6 +11,7 @@ to the other atomically, so an acknowledged instance is always seen in one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -92,13 +93,27 @@ def stored_uids(path: Path) -> tuple[str, str]:
     return sop_class, sop_instance
 
 
-def ready_uids(depot_dir: Path) -> set[str]:
-    """SOP Instance UIDs with a ready file in the depot: acknowledged, not yet committed."""
+def ready_uids(depots_dir: Path) -> set[str]:
+    """SOP Instance UIDs with a ready file in a depot: acknowledged, not yet committed.
+
+    Every node's depot (`depot/<node>/`) counts: behind a load balancer a
+    modality may store through one node and ask through another.
+    """
+    uids: set[str] = set()
     try:
-        names = os.listdir(depot_dir)
+        scan = os.scandir(depots_dir)
     except FileNotFoundError:
-        return set()
-    return {uid for name in names if (uid := depotfiles.uid_of_ready(name)) is not None}
+        return uids
+    with scan:
+        for entry in scan:
+            uid = depotfiles.uid_of_ready(entry.name)
+            if uid is not None:
+                uids.add(uid)
+            elif entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    names = os.listdir(entry.path)
+                    uids.update(u for n in names if (u := depotfiles.uid_of_ready(n)) is not None)
+    return uids
 
 
 def classify(config: Config, reference: Reference, supported: frozenset[str]) -> Failure | None:
@@ -143,7 +158,7 @@ def check_references(
     waiting = set(range(len(refs)))
     deadline = clock() + wait_s
     while True:
-        in_depot = ready_uids(config.depot_dir)
+        in_depot = ready_uids(config.depots_dir)
         for index in sorted(waiting):
             if refs[index][1] not in in_depot:
                 outcome[index] = classify(config, refs[index], supported)

@@ -68,12 +68,17 @@ class Job:
     started: float = field(default_factory=time.monotonic)
 
 
-def find_remote(config: Config, calling_ae: str) -> RemoteAE | None:
-    """The `[[remote_ae]]` that may ask for commitment under this AE title."""
-    for remote in config.remote_ae:
-        if remote.ae_title == calling_ae and remote.storage_commitment:
+def find_remote(config: Config, request: CommitmentRequest) -> RemoteAE | None:
+    """Where the report of `request` goes: a `[[remote_ae]]` with storage_commitment
+    for its AE title, the one naming the address it asked from if there is one."""
+    tables = [
+        r for r in config.remote_ae if r.ae_title == request.calling_ae and r.storage_commitment
+    ]
+    peer_host = request.peer.rsplit(":", 1)[0].strip("[]")
+    for remote in tables:
+        if remote.host == peer_host:
             return remote
-    return None
+    return tables[0] if tables else None
 
 
 def retry_delay(config: Config, attempts: int) -> float:
@@ -264,7 +269,7 @@ class Deliveries:
         return max(0.0, next_due)
 
     def _attempt(self, job: Job) -> None:
-        remote = find_remote(self.config, job.request.calling_ae)
+        remote = find_remote(self.config, job.request)
         if remote is None:
             job.last_reason = (
                 f"no [[remote_ae]] with storage_commitment for {job.request.calling_ae!r}"
@@ -284,7 +289,7 @@ class Deliveries:
         job = self.jobs.get(name)
         if job is None or job.state is not State.SENDING:
             return  # delivered on the same association meanwhile
-        remote = find_remote(self.config, job.request.calling_ae)
+        remote = find_remote(self.config, job.request)
         peer = f"{remote.host}:{remote.port}" if remote else ""
         attempt = result if isinstance(result, Attempt) else Attempt(False, repr(result))
         if attempt.delivered:

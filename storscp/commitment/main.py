@@ -25,6 +25,7 @@ from storscp.commitment.delivery import Deliveries
 from storscp.commitmentfiles import RequestStore
 from storscp.component import (
     StartupFailure,
+    claim_node,
     load_component_config,
     make_outbox,
     prepare_commitment_dir,
@@ -112,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent()
         store = RequestStore(config.commitment_dir, int(config.file_mode), int(config.dir_mode))
         prepare_commitment_dir(config)
+        # Held until we exit, as by every process of a node: `storscp recover`
+        # moves a node's pending requests only once none of them is alive.
+        if config.node:
+            config.depot_dir.mkdir(mode=int(config.dir_mode), parents=True, exist_ok=True)
+        claim_node(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 

@@ -11,7 +11,7 @@ import grp
 import os
 from pathlib import Path
 
-from storscp.config import Config
+from storscp.config import STATE_DIR_NAME, Config
 from storscp.errors import CommandRefused, NotPermitted
 from storscp.exitcodes import ExitCode
 from storscp.preflight import STORAGE_DIR_MESSAGE, Account, not_writable_message
@@ -80,14 +80,16 @@ def prepare_storage(config: Config, account: Account | None) -> None:
         _give(storage, account)
     if not os.access(storage, os.W_OK | os.X_OK):
         raise CommandRefused(ExitCode.CANTCREAT, not_writable_message(config, storage, None))
-    for key, path in (
-        ("depot", config.depot_dir),
-        ("state_dir", config.state_dir),
-        ("state_dir", config.commitment_dir),
-    ):
-        _mkdir(key, path, int(config.dir_mode))
-        if account is not None and path.stat().st_uid != account.uid:
-            _give(path, account)
+    for depot in dict.fromkeys((config.depots_dir, config.depot_dir)):  # a node's: both
+        _mkdir("depot", depot, int(config.dir_mode))
+        if account is not None and depot.stat().st_uid != account.uid:
+            _give(depot, account)
+    # Durable state (pending Storage Commitment requests), a node's own.
+    state_root = config.storage_dir / STATE_DIR_NAME
+    for state in dict.fromkeys((state_root, config.state_dir, config.commitment_dir)):
+        _mkdir("state_dir", state, int(config.dir_mode))
+        if account is not None and state.stat().st_uid != account.uid:
+            _give(state, account)
 
 
 def prepare_log_dir(config: Config, account: Account | None) -> None:

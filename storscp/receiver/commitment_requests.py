@@ -33,7 +33,7 @@ from storscp.commitmentinfo import (
 )
 from storscp.config import Config
 from storscp.outbox import Outbox
-from storscp.receiver.admission import AllowedHosts, normalise_address
+from storscp.receiver.admission import RemoteHosts, normalise_address
 from storscp.receiver.dimse import Command
 from storscp.uids import strip_padding
 
@@ -88,13 +88,13 @@ class CommitmentRequests:
         self,
         config: Config,
         outbox: Outbox,
-        allowed_hosts: AllowedHosts,
+        remotes: RemoteHosts,
         reply_to: str = "",
     ) -> None:
         """`reply_to`: our ReportOffered endpoint, "" when we cannot take offers."""
         self.config = config
         self.outbox = outbox
-        self.allowed_hosts = allowed_hosts
+        self.remotes = remotes
         self.reply_to = reply_to
         self.store = RequestStore(
             config.commitment_dir, int(config.file_mode), int(config.dir_mode)
@@ -112,15 +112,15 @@ class CommitmentRequests:
     def authorise(self, calling_ae: str, peer_host: str) -> str | None:
         """None if `calling_ae` at `peer_host` may ask for commitment, else why not."""
         tables = [
-            r for r in self.config.remote_ae if r.ae_title == calling_ae and r.storage_commitment
+            (remote, hosts)
+            for remote, hosts in self.remotes
+            if remote.ae_title == calling_ae and remote.storage_commitment
         ]
         if not tables:
-            return (
-                f"calling AE {calling_ae!r} is not a [[remote_ae]] with storage_commitment = true"
-            )
-        # Resolved at start for every table of this title (None: one has no host).
-        hosts = self.allowed_hosts.get(calling_ae)
-        if hosts is not None and normalise_address(peer_host) not in hosts:
+            return f"calling AE {calling_ae!r} is no [[remote_ae]] with storage_commitment = true"
+        # Addresses were resolved at start (behind a balancer: the PROXY header's).
+        peer = normalise_address(peer_host)
+        if not any(hosts is None or peer in hosts for _, hosts in tables):
             return f"calling AE {calling_ae!r} may ask only from its configured host"
         return None
 

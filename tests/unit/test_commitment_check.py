@@ -109,3 +109,15 @@ def test_socket_files_of_dead_receivers_are_removed(tmp_path: Path) -> None:
         "committer.sock",
         f"receiver-{os.getpid()}.sock",
     ]
+
+
+def test_every_nodes_depot_is_looked_at(tmp_path: Path) -> None:
+    config = load(None, {"node": "gw1"}, base_dir=tmp_path)
+    other = config.depots_dir / "gw2"
+    other.mkdir(parents=True)
+    config.depot_dir.mkdir()
+    (other / depotfiles.ready_name("1.2.9")).write_bytes(b"")
+    (config.depot_dir / depotfiles.ready_name("1.2.8")).write_bytes(b"")
+    from storscp.commitment.check import ready_uids
+
+    assert ready_uids(config.depots_dir) == {"1.2.8", "1.2.9"}

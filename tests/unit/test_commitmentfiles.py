@@ -99,3 +99,19 @@ def test_request_files_have_the_configured_mode(tmp_path: Path) -> None:
     name, _ = store.add(request())
     assert (store.directory / name).stat().st_mode & 0o777 == 0o600
     assert store.directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_dead_nodes_pending_requests_are_adopted(tmp_path: Path) -> None:
+    here = RequestStore(tmp_path / ".storscp" / "gw1" / "commitment")
+    dead = RequestStore(tmp_path / ".storscp" / "gw2" / "commitment")
+    for store in (here, dead):
+        store.create_dirs()
+    here.add(request("1.2.3.4"))
+    dead.add(request("1.2.3.4"))  # the same transaction asked on both nodes
+    dead.add(request("1.2.3.5"))
+    adopted = here.adopt(dead)
+    assert dead.pending() == []
+    assert len(adopted) == 2 and "1.2.3.5.request" in adopted
+    clash = next(name for name in adopted if name != "1.2.3.5.request")
+    assert commitmentfiles.is_duplicate_name(clash) and here.load(clash).duplicate
+    assert len(here.pending()) == 3
