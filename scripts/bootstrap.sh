@@ -30,6 +30,7 @@ fi
 # command is missing. The tests run these real programs; none is mocked.
 TEST_DEBS=(
     "storescu dcmtk"
+    "prometheus prometheus"
 )
 
 apt_install() {

@@ -16,6 +16,7 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.instruments import HEARTBEAT_INTERVAL_S, Heartbeat
 from storscp.receiver.server import Receiver
 from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
@@ -89,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             storage_dir=str(config.storage_dir),
             log_dir=str(config.log_dir),
         )
-        stop.wait()
+        heartbeat = Heartbeat(PROC)
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            heartbeat.beat()  # CLOSED -> accepting; stale when this thread hangs
+        heartbeat.stopped()  # accepting -> draining: health says so at once
         aborted = receiver.stop(config.drain_timeout_s, stop.urgent)
         if aborted:
             outbox.event(
