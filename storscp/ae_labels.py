@@ -70,7 +70,7 @@ class AeLabels:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            admitted = _read_titles(fd)
+            admitted, whole = _read_titles(fd)
             for title in admitted:
                 self._known.setdefault(title, title)
             if ae_title in admitted:
@@ -78,25 +78,30 @@ class AeLabels:
             if len(admitted) >= self._max_others:
                 self._full = True
                 return OTHER
-            os.write(fd, (json.dumps(ae_title) + "\n").encode("utf-8"))
+            line = json.dumps(ae_title) + "\n"
+            os.write(fd, line.encode("utf-8") if whole else b"\n" + line.encode("utf-8"))
             self._known[ae_title] = ae_title
             return ae_title
         finally:
             os.close(fd)  # releases the flock
 
 
-def _read_titles(fd: int) -> list[str]:
-    """The admitted titles; a torn last line (a crash mid-append) is ignored."""
+def _read_titles(fd: int) -> tuple[list[str], bool]:
+    """(the admitted titles, whether the file ends with a whole line).
+
+    A torn last line (a crash in the middle of an append) is ignored.
+    """
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
+    data = b"".join(chunks)
     titles = []
-    for line in b"".join(chunks).splitlines():
+    for line in data.splitlines():
         try:
             title = json.loads(line)
         except ValueError:
             continue
         if isinstance(title, str) and title not in titles:
             titles.append(title)
-    return titles
+    return titles, data.endswith(b"\n") or not data

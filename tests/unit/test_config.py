@@ -52,6 +52,13 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
             "min_version",
         ),
         ('require_called_aet = "maybe"', "'require_called_aet'"),
+        ('metrics = "9112"', "'metrics'"),
+        ('metrics = "localhost"', "'metrics'"),
+        ('metrics = "127.0.0.1:99999"', "'metrics'"),
+        ('metrics = "::1:9112"', "'metrics'"),
+        ('metrics = "bad host!:9112"', "'metrics'"),
+        ("metrics = 9112", "'metrics'"),
+        ('port = 9112\nmetrics = "0.0.0.0:9112"', "'metrics'"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -116,3 +123,23 @@ def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
     config = load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path)
     assert (config.user, config.admin_group) == ("root", "root")
     assert load(None, base_dir=tmp_path).user == ""
+
+
+def test_metrics_endpoint_is_on_loopback_by_default(tmp_path: Path) -> None:
+    config = load(None, base_dir=tmp_path)
+    assert config.metrics_address == ("127.0.0.1", 9112)
+    assert config.metrics_dir == tmp_path / "run" / "bus" / "metrics"
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("", None),
+        ("0.0.0.0:9112", ("0.0.0.0", 9112)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_metrics_addresses(tmp_path: Path, value: str, address: tuple[str, int] | None) -> None:
+    config = load(None, {"metrics": value}, base_dir=tmp_path)
+    assert config.metrics_address == address
