@@ -24,9 +24,9 @@ tests:
   # a modality (CT) failing 1 C-STORE in 10 while MR never fails.
   - interval: 1m
     input_series:
-      - series: 'storscp_associations_total{{instance="dead",calling_ae="CT",outcome="accepted",reason=""}}'
+      - series: 'storscp_associations_total{{instance="dead",calling_ae="CT",outcome="accepted"}}'
         values: '0+2x60'
-      - series: 'storscp_associations_total{{instance="good",calling_ae="CT",outcome="accepted",reason=""}}'
+      - series: 'storscp_associations_total{{instance="good",calling_ae="CT",outcome="accepted"}}'
         values: '0+2x60'
       - series: 'storscp_instances_stored_total{{instance="good",calling_ae="CT"}}'
         values: '0+90x60'
