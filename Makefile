@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak fuzz bench bench-full clean
+.PHONY: install run test lint unit system soak fuzz bench bench-full bench-metrics clean
 
 install:
 	scripts/bootstrap.sh
@@ -29,6 +29,11 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full
+
+# What metrics cost the receive path (issue 13): off / on / scraped every second.
+bench-metrics:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.metrics_cost
 
 # The receiver fuzz test for longer than the 60 s that `make test` gives it:
 # STORSCP_FUZZ_SECONDS (default 1200) of hostile input, then the inputs survived.
