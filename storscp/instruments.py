@@ -106,7 +106,8 @@ def _counter(name: str, labels: tuple[str, ...] = ()) -> Counter:
 class Heartbeat:
     """A component's sign of life, written at most every HEARTBEAT_INTERVAL_S."""
 
-    def __init__(self, component: str) -> None:
+    def __init__(self, component: str, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
+        self.interval_s = interval_s
         gauge = Gauge(
             "storscp_heartbeat_timestamp_seconds",
             HELP["storscp_heartbeat_timestamp_seconds"],
@@ -114,6 +115,7 @@ class Heartbeat:
             registry=None,
             multiprocess_mode="max",  # any live process of the program will do
         )
+        self.gauge = gauge
         self._gauge = gauge.labels(component)
         self._next = 0.0
 
@@ -121,7 +123,7 @@ class Heartbeat:
         """Called from the component's loop, as often as it likes: cheap when early."""
         now = time.monotonic()
         if now >= self._next:
-            self._next = now + HEARTBEAT_INTERVAL_S
+            self._next = now + self.interval_s
             self._gauge.set(time.time())
 
     def stopped(self) -> None:
@@ -218,6 +220,15 @@ def listener_metrics() -> ListenerMetrics:
         exits=_counter("storscp_component_exits_total", ("program", "expected")),
         restarts=_counter("storscp_component_restarts_total", ("program",)),
     )
+
+
+def sample_value(metric: Counter | Gauge | Histogram, name: str, **labels: str) -> float | None:
+    """The value of one sample as this process counted it (for tests and diagnostics)."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 def events_dropped() -> Counter:

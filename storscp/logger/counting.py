@@ -16,7 +16,8 @@ class LogCounter:
     def __init__(self) -> None:
         self.metrics = logger_metrics()
         # Lines the writer's in-memory backlog had no room for.
-        self.dropped = events_dropped().labels("logger", "backlog")
+        self.dropped_family = events_dropped()
+        self.dropped = self.dropped_family.labels("logger", "backlog")
         self._written = self._failures = self._dropped = 0
 
     def update(self, writer: LogWriter) -> None:
