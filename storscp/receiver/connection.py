@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from storscp import bus
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
+from storscp.receiver.counting import AbortReason, reject_reason
 from storscp.receiver.dimse import Command, CommandError, CommandField
 from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import (
@@ -84,7 +85,9 @@ class Connection:
         self.receiver = receiver
         self.config = receiver.config
         self.outbox = receiver.outbox
+        self.counter = receiver.counter
         self.assoc: Negotiated | None = None
+        self._label = ""  # the calling AE title as a metric label value
         self.stats = AssociationStats()
         self.reader = SocketReader(sock)
         self._command = bytearray()
@@ -99,27 +102,29 @@ class Connection:
         """Run the association to its end; never raises."""
         ending = "closed"
         reason = ""
+        why = AbortReason.PEER_ABORT  # the metric label of an abort
         try:
             if self.tls is not None and not self._handshake(self.tls):
                 return
             if self._associate():
                 ending, reason = self._serve_established()
         except PeerClosed:
-            ending, reason = "aborted", "peer closed the connection"
+            ending, reason, why = "aborted", "peer closed the connection", AbortReason.PEER_CLOSED
             if self._stopping:
-                reason = "service stopping: drain timeout reached"
+                reason, why = "service stopping: drain timeout reached", AbortReason.STOPPING
         except TimeoutError:
-            ending, reason = "aborted", "timed out waiting for the peer"
+            ending, reason, why = "aborted", "timed out waiting for the peer", AbortReason.TIMEOUT
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
         except ProtocolError as exc:
-            ending, reason = "aborted", f"protocol error: {exc}"
+            ending, reason, why = "aborted", f"protocol error: {exc}", AbortReason.PROTOCOL_ERROR
             self._send_quietly(pdu.abort(exc.reason))
             self._error("protocol error", str(exc))
         except OSError as exc:
-            ending, reason = "aborted", f"network error: {exc}"
+            ending, reason, why = "aborted", f"network error: {exc}", AbortReason.NETWORK_ERROR
         except Exception as exc:  # the boundary: one bad connection never stops the service
             log.exception("unexpected error on connection from %s", self.peer)
             ending, reason = "aborted", f"internal error: {exc!r}"
+            why = AbortReason.INTERNAL_ERROR
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
             self._error("internal error", repr(exc))
         finally:
@@ -133,6 +138,7 @@ class Connection:
                 if reason:
                     fields["reason"] = reason
                 self._association_event(ending, **fields)
+                self.counter.association(self._label, ending, why if ending == "aborted" else "")
 
     def abort(self) -> None:
         """Abort from another thread (service stopping): the reader then fails."""
@@ -152,6 +158,7 @@ class Connection:
             wrapped = context.wrap_socket(self.sock, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             self._error("TLS handshake failed", str(exc) or type(exc).__name__)
+            self.counter.tls_handshake_failed()
             return False
         self.sock = wrapped
         self.reader = SocketReader(wrapped)
@@ -181,6 +188,7 @@ class Connection:
         except NegotiationError as exc:
             raise ProtocolError(str(exc), pdu.AbortReason.INVALID_PDU_PARAMETER) from None
         self.assoc = assoc
+        self._label = self.counter.ae_label(assoc.calling_ae)
         self._association_event(
             "requested",
             contexts_proposed=assoc.proposed,
@@ -190,11 +198,13 @@ class Connection:
         if reject is not None:
             self._send(pdu.associate_rj(reject))
             self._association_event("rejected", reason=reject.text)
+            self.counter.association(self._label, "rejected", reject_reason(reject))
             return False
         self._send(assoc.ac_pdu)
         self._association_event(
             "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
         )
+        self.counter.association(self._label, "accepted")
         return True
 
     def _reject_reason(self, assoc: Negotiated) -> pdu.Reject | None:
@@ -344,11 +354,13 @@ class Connection:
         self.stats.instances += 1
         self.stats.bytes += stored.size_bytes
         self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
+        self.counter.stored(time.monotonic() - pending.started)
         self.outbox.post("committer", stored)
         self.receiver.parts.refill()
 
     def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
         self.stats.failures += 1
+        self.counter.store_failed(self._label, status)
         command = pending.command
         assert self.assoc is not None
         self.outbox.event(

@@ -16,7 +16,7 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
-from storscp.instruments import HEARTBEAT_INTERVAL_S, Heartbeat
+from storscp.instruments import HEARTBEAT_INTERVAL_S
 from storscp.receiver.server import Receiver
 from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             storage_dir=str(config.storage_dir),
             log_dir=str(config.log_dir),
         )
-        heartbeat = Heartbeat(PROC)
+        heartbeat = receiver.counter.metrics.heartbeat
         while not stop.wait(HEARTBEAT_INTERVAL_S):
-            heartbeat.beat()  # CLOSED -> accepting; stale when this thread hangs
-        heartbeat.stopped()  # accepting -> draining: health says so at once
+            if receiver.accepting():
+                heartbeat.beat()  # stale when an acceptor or this thread is gone
+        heartbeat.stopped()  # accepting -> draining: /healthz says so at once
         aborted = receiver.stop(config.drain_timeout_s, stop.urgent)
         if aborted:
             outbox.event(

@@ -23,6 +23,7 @@ from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.admission import admission_check, resolve_remote_hosts
 from storscp.receiver.connection import Connection
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.slots import AssociationSlots
 from storscp.receiver.store import StoreLimits
@@ -49,6 +50,7 @@ class Receiver:
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
         self.allowed_hosts = resolve_remote_hosts(config)
+        self.counter = ReceiverCounter(config)
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
@@ -93,6 +95,14 @@ class Receiver:
             )
             thread.start()
             self._acceptors.append(thread)
+
+    def accepting(self) -> bool:
+        """Listening, not stopping, and every acceptor thread alive."""
+        return (
+            bool(self._acceptors)
+            and not self._stopping.is_set()
+            and all(thread.is_alive() for thread in self._acceptors)
+        )
 
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():
