@@ -27,6 +27,7 @@ from storscp.config import KEYS, Config, ConfigError, ConfigNotReadable, flag_fo
 from storscp.exitcodes import ExitCode
 from storscp.logger.lock import LogDirLocked, check_log_dir_free
 from storscp.logger.reader import LogFollower
+from storscp.metrics import files as metrics_files
 from storscp.preflight import CommandError, NotPermitted
 from storscp.supervisor import conf, control
 from storscp.supervisor.exits import last_exit, last_line, startup_reason
@@ -167,6 +168,8 @@ def prepare(config: Config, *, running: Config | None = None) -> Config:
     if running is None or running.log_dir != config.log_dir:
         _check_log_dir_free(config)  # a service being restarted holds its own
     preflight.prepare_run_dir(config, account)
+    if config.metrics_address is not None:
+        metrics_files.reset(config, (account.uid, account.gid) if account else None)
     preflight.check_account(config, account)
     config = preflight.with_ports(config, running)
     _write_atomically(config.effective_path, config.to_toml(), 0o644)
@@ -440,11 +443,26 @@ def cmd_status(config: Config) -> int:
     order = {name: i for i, name in enumerate(conf.ALL_PROGRAMS)}
     infos.sort(key=lambda p: (order.get(p.group, len(order)), p.name))
     degraded = any(p.state not in {"RUNNING", "STARTING"} for p in infos)
+    health = _health(config)
+    degraded = degraded or (health is not None and health[0] != 200)
     print("service degraded" if degraded else "service running")
     width = max([len(p.name) for p in infos] + [9])
     for p in infos:
         print(f"  {p.name:<{width}}  {p.state:<8}  {_details(config, p)}")
+    if health is not None:
+        status, line = health
+        verdict = line if status in (0, 200) else f"{status}: {line}"
+        print(f"  {'health':<{width}}  {verdict}")
     return STATUS_DEGRADED if degraded else STATUS_RUNNING
+
+
+def _health(config: Config) -> tuple[int, str] | None:
+    """The verdict of the running service's /healthz (its own effective `metrics`)."""
+    try:
+        running = load(config.effective_path)
+    except ConfigError:
+        running = config
+    return metrics_files.health(running)
 
 
 def _details(config: Config, p: control.ProcessInfo) -> str:

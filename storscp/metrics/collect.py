@@ -25,11 +25,10 @@ from storscp import __version__
 from storscp.committer.recover import ready_names
 from storscp.config import Config
 from storscp.instruments import SCRAPED
+from storscp.metrics.files import STARTED_FILE
 from storscp.metrics.health import CHECKS, Facts, Verdict, verdict
 
 HEARTBEAT = "storscp_heartbeat_timestamp_seconds"
-# Written by the CLI when it empties the metrics directory: the service's start.
-STARTED_FILE = "started"
 
 
 def heartbeats(metrics_dir: Path) -> dict[str, float]:

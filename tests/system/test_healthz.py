@@ -11,6 +11,7 @@ on loopback by default, and a wrong `metrics` value refuses the start.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -48,6 +49,10 @@ def wait_health(svc: Service, status: int, words: str = "", timeout_s: float = 2
 
 def test_healthz_is_200_ok_while_serving(service: Service) -> None:
     assert wait_health(service, 200) == "ok"
+    # `storscp status` shows the same verdict
+    result = service.command("status")
+    assert result.returncode == 0 and result.stdout.startswith("service running\n")
+    assert re.search(r"^  health +ok$", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_receiver_stopped_through_supervisorctl_is_503(service: Service) -> None:
@@ -114,6 +119,10 @@ def test_storage_below_min_free_bytes_is_503(
     # Then /healthz says how much is free against what is required
     line = wait_health(svc, 503, f"below min_free_bytes={min_free}")
     assert line.startswith(f"storage_dir {tmpfs_storage}: ")
+    # And `storscp status` says the same, though every process is RUNNING
+    result = svc.command("status")
+    assert result.returncode == 1 and result.stdout.startswith("service degraded\n")
+    assert f"  health     503: {line}\n" in result.stdout, result.stdout
     # And freeing space makes it healthy again
     filler.unlink()
     wait_health(svc, 200)

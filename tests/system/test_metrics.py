@@ -5,8 +5,9 @@ every second, when four pynetdicom senders store 200 instances each (one
 refused because its dataset's SOP Instance UID is not the request's, one
 because it is larger than max_instance_bytes) and one association asks for
 the wrong called AE title, then Prometheus's HTTP API returns the exact
-counts; after kill -9 of the committer and a receiver they are still the
-same, with no counter reset; `promtool check metrics` accepts the exposition.
+counts; after kill -9 of the committer, a receiver and the metrics process
+itself they are still the same, with no counter reset; `promtool check
+metrics` accepts the exposition.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ def test_prometheus_counts_exactly_what_was_stored_and_refused(
         result = promtool("check", "metrics", stdin=text)
         assert result.returncode == 0, result.stdout + result.stderr
 
-        # When the committer and a receiver are killed and restarted by Supervisor
-        for program in ("committer", "receiver"):
+        # When the committer, a receiver and the metrics process itself are killed
+        for program in ("committer", "receiver", "metrics"):
             victim = svc.running_pids(program)[0]
             os.kill(victim, signal.SIGKILL)
             svc.wait_running_again(program, victim, 15)
@@ -117,9 +118,9 @@ def test_prometheus_counts_exactly_what_was_stored_and_refused(
         assert prom.value("sum(resets(storscp_stored_bytes_total[5m]))") == 0
         assert prom.value("sum(resets(storscp_associations_total[5m]))") == 0
         exits = prom.by_label('storscp_component_exits_total{expected="false"}', "program")
-        assert exits == {"committer": 1, "receiver": 1}
+        assert exits == {"committer": 1, "receiver": 1, "metrics": 1}
         restarts = prom.by_label("storscp_component_restarts_total", "program")
-        assert restarts == {"committer": 1, "receiver": 1}
+        assert restarts == {"committer": 1, "receiver": 1, "metrics": 1}
     finally:
         prom.stop()
 
