@@ -11,15 +11,23 @@ round by round (the order rotates, so a drifting load hits all alike):
 *scraped* against *on* is the price of being watched (issue 13 allows 3 %);
 *on* against *off* is the price of counting on the hot path. Each run is
 bench.run's: DCMTK storescu senders, wall time and the server tree's CPU,
-every instance verified. Results go to stdout and `<work-dir>/metrics-cost.md`.
+every instance verified. On a shared machine those differences drown in
+noise, so the counting itself is also timed alone (`hot_path_us`): what the
+receiver and the committer do per instance, in a process of their own,
+with and without the multiprocess files. Results go to stdout and
+`<work-dir>/metrics-cost.md`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -31,6 +39,59 @@ from bench.servers import Server, Storscp
 from bench.stats import Run
 
 SCRAPE_INTERVAL_S = 1.0
+HOT_PATH_INSTANCES = 200_000
+BATCH = 64  # instances per committer batch (it takes up to 256)
+
+# The per-instance counting of the receiver (one observation per Success) and of
+# the committer (per batch: a few counter updates; per instance: one observation),
+# timed in a fresh interpreter so that prometheus_client picks its mode at import.
+_HOT_PATH = """
+import json, sys, time
+from dataclasses import dataclass
+from pathlib import Path
+from storscp.config import load
+from storscp.committer.counting import CommitCounter
+from storscp.receiver.counting import ReceiverCounter
+
+@dataclass(frozen=True)
+class Item:
+    replaced: bool
+    ready_ctime: float
+    calling_ae: str
+    size_bytes: int
+
+n, batch, run_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+config = load(None, {"run_dir": run_dir})
+config.metrics_dir.mkdir(parents=True, exist_ok=True)
+receiver, committer = ReceiverCounter(config), CommitCounter(config)
+items = [Item(False, time.time(), f"MODALITY{i % 4}", 2800) for i in range(batch)]
+t = time.perf_counter()
+for _ in range(n):
+    receiver.stored(0.0012)
+receiver_s = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(n // batch):
+    committer.committed(items)
+committer_s = time.perf_counter() - t
+print(json.dumps({"receiver_us": receiver_s / n * 1e6, "committer_us": committer_s / n * 1e6}))
+"""
+
+
+def hot_path_us(multiprocess: bool, instances: int = HOT_PATH_INSTANCES) -> dict[str, float]:
+    """Microseconds per instance of the receiver's and the committer's counting."""
+    with tempfile.TemporaryDirectory(prefix="mcost") as run_dir:
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        if multiprocess:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(Path(run_dir) / "bus" / "metrics")
+        result = subprocess.run(
+            [sys.executable, "-c", _HOT_PATH, str(instances), str(BATCH), run_dir],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+    return dict(json.loads(result.stdout))
 
 
 class StorscpMetricsOff(Storscp):
@@ -81,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    micro = {mode: hot_path_us(mode == "files") for mode in ("memory", "files")}
+    log(f"counting per instance: {micro}")
     scenarios = [s for s in SCENARIOS if s.key in args.scenarios.split(",")]
     work = args.work_dir.resolve()
     if (work / "servers").exists():
@@ -116,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in (off, on):
             server.stop()
             server.empty_trash()
-    text = report(runs, scenarios, args, scrapes)
+    text = report(runs, scenarios, args, scrapes, micro)
     (work / "metrics-cost.md").write_text(text)
     print(text)
     return 0
@@ -147,6 +210,7 @@ def report(
     scenarios: list[Scenario],
     args: argparse.Namespace,
     scrapes: int,
+    micro: dict[str, dict[str, float]],
 ) -> str:
     lines = [
         "# What metrics cost the receive path",
@@ -173,7 +237,17 @@ def report(
         "",
         "*rate vs on*: per round, this variant's instances/s divided by *on*'s in the"
         " same round, median over rounds, minus one. Negative: slower.",
+        "",
+        f"Counting alone, per instance ({HOT_PATH_INSTANCES} instances, committer batches"
+        f" of {BATCH}, one process each):",
+        "",
+        "| counts into | receiver µs/instance | committer µs/instance |",
+        "| --- | ---: | ---: |",
     ]
+    for mode, label in (("files", "multiprocess files (metrics on)"), ("memory", "memory (off)")):
+        lines.append(
+            f"| {label} | {micro[mode]['receiver_us']:.2f} | {micro[mode]['committer_us']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

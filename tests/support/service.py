@@ -184,7 +184,7 @@ class Service:
         self.supervisord_pids.add(self.proc.pid)
 
     def start_daemon(self, timeout_s: float = 30.0) -> Service:
-        """`storscp start`; returns once it said so and all four components STARTed."""
+        """`storscp start`; returns once it said so and every component STARTed."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._record_pids()
@@ -193,7 +193,7 @@ class Service:
         assert result.returncode == 0, f"storscp start: {result.stdout}{result.stderr}"
         assert result.stdout.strip().splitlines()[-1] == "start request issued", result.stdout
         self.supervisord_pids.add(self.supervisord_pid())
-        poll_for(lambda: self._all_started(known), timeout_s, "all four components")
+        poll_for(lambda: self._all_started(known), timeout_s, "every component to START")
         self._read_port()
         return self
 
