@@ -113,7 +113,8 @@ class Heartbeat:
             HELP["storscp_heartbeat_timestamp_seconds"],
             ["component"],
             registry=None,
-            multiprocess_mode="max",  # any live process of the program will do
+            # Any live process of the program will do; a dead one's beat goes with it.
+            multiprocess_mode="livemax",
         )
         self.gauge = gauge
         self._gauge = gauge.labels(component)

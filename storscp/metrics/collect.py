@@ -32,8 +32,8 @@ HEARTBEAT = "storscp_heartbeat_timestamp_seconds"
 
 
 def heartbeats(metrics_dir: Path) -> dict[str, float]:
-    """component -> last beat, the most recent over all its processes."""
-    files = glob.glob(os.path.join(metrics_dir, "gauge_max_*.db"))
+    """component -> last beat, the most recent over its live processes."""
+    files = glob.glob(os.path.join(metrics_dir, "gauge_livemax_*.db"))
     out: dict[str, float] = {}
     for metric in MultiProcessCollector.merge(files, accumulate=False):
         if metric.name != HEARTBEAT:

@@ -28,7 +28,8 @@ class Facts:
     """What the serving process knows at one instant (times are Unix seconds)."""
 
     now: float
-    heartbeats: dict[str, float]  # component -> last beat; 0: it stopped on purpose
+    # component -> last beat of its live processes (0: stopping); absent: none alive
+    heartbeats: dict[str, float]
     ready_files: int
     oldest_ready_age_s: float
     storage_dir: Path
@@ -74,10 +75,8 @@ def verdict(facts: Facts) -> Verdict:
 def _silence(component: str, facts: Facts) -> str:
     """Why `component`'s heartbeat does not count as alive, or ''."""
     beat = facts.heartbeats.get(component)
-    if beat is None:
-        return "no heartbeat yet"
-    if beat == 0:
-        return "stopped"
+    if not beat:
+        return "not running"
     age = facts.now - beat
     if age > HEARTBEAT_STALE_S:
         return f"no heartbeat for {age:.0f}s"

@@ -84,7 +84,7 @@ def test_receiver_or_committer_stopped_through_supervisorctl_is_503(
     ]
     assert storescu(service.port, files).returncode == 0
     # Then /healthz names the committer and the backlog
-    line = wait_health(service, 503, "committer not committing: stopped; 5 ready files waiting")
+    line = wait_health(service, 503, "committer not committing: not running; 5 ready files waiting")
     assert "receiver" not in line
     # And a restarted committer commits them and health returns
     assert service.supervisorctl("start", "committer").returncode == 0

@@ -30,8 +30,12 @@ def test_healthy_when_every_check_passes() -> None:
 @pytest.mark.parametrize(
     ("change", "check", "words"),
     [
-        ({"heartbeats": {"committer": NOW, "logger": NOW}}, "receiver", "no heartbeat yet"),
-        ({"heartbeats": {"receiver": 0, "committer": NOW, "logger": NOW}}, "receiver", "stopped"),
+        ({"heartbeats": {"committer": NOW, "logger": NOW}}, "receiver", "not running"),
+        (
+            {"heartbeats": {"receiver": 0, "committer": NOW, "logger": NOW}},
+            "receiver",
+            "not running",
+        ),
         (
             {"heartbeats": {"receiver": NOW - 9, "committer": NOW, "logger": NOW}},
             "receiver",
@@ -40,7 +44,7 @@ def test_healthy_when_every_check_passes() -> None:
         (
             {"heartbeats": {"receiver": NOW, "committer": 0, "logger": NOW}, "ready_files": 40},
             "committer",
-            "committer not committing: stopped; 40 ready files waiting",
+            "committer not committing: not running; 40 ready files waiting",
         ),
         (
             {"ready_files": 2, "oldest_ready_age_s": BACKLOG_STUCK_S + 1},
