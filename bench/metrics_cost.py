@@ -129,6 +129,22 @@ class Scraper:
                 return
 
 
+def scrape_cpu_ms(server: Storscp, scrapes: int = 100) -> float:
+    """CPU milliseconds the metrics process spends per scrape (it does nothing else)."""
+    pid = server.component_pids()["metrics"]
+    url = f"http://127.0.0.1:{server.service.metrics_port}/metrics"
+    before = _cpu_ticks(pid)
+    for _ in range(scrapes):
+        with urllib.request.urlopen(url, timeout=10) as rsp:
+            rsp.read()
+    return (_cpu_ticks(pid) - before) * 1000 / os.sysconf("SC_CLK_TCK") / scrapes
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.metrics_cost", description=__doc__)
     p.add_argument("--rounds", type=int, default=7)
@@ -175,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                         f" {run[0].instances_per_s:7.1f} inst/s"
                         f" cpu {run[0].cpu_ms_per_instance:.3f} ms/inst"
                     )
+        per_scrape_ms = scrape_cpu_ms(on)
+        log(f"one scrape: {per_scrape_ms:.2f} ms of the metrics process's CPU")
     finally:
         for server in (off, on):
             server.stop()
             server.empty_trash()
-    text = report(runs, scenarios, args, scrapes, micro)
+    text = report(runs, scenarios, args, scrapes, micro, per_scrape_ms)
     (work / "metrics-cost.md").write_text(text)
     print(text)
     return 0
@@ -211,6 +229,7 @@ def report(
     args: argparse.Namespace,
     scrapes: int,
     micro: dict[str, dict[str, float]],
+    per_scrape_ms: float,
 ) -> str:
     lines = [
         "# What metrics cost the receive path",
@@ -248,6 +267,20 @@ def report(
         lines.append(
             f"| {label} | {micro[mode]['receiver_us']:.2f} | {micro[mode]['committer_us']:.2f} |"
         )
+    on_cpu = statistics.median(
+        r.cpu_ms_per_instance * r.instances_per_s / 1000
+        for key, group in runs.items()
+        if key[1] == "on"
+        for r in group
+    )
+    lines += [
+        "",
+        f"One scrape costs the metrics process {per_scrape_ms:.2f} ms of CPU (100 scrapes"
+        " after the runs); scraped every second that is"
+        f" {per_scrape_ms / 10:.2f} % of one core, or {per_scrape_ms / 10 / on_cpu:.2f} % of"
+        f" the {on_cpu * 100:.0f} % of a core the service uses while receiving (median of"
+        " the *on* runs).",
+    ]
     return "\n".join(lines) + "\n"
 
 
