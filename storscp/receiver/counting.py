@@ -9,6 +9,8 @@ Reasons become fixed label values here, never the free text of the log.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from storscp.ae_labels import AeLabels
 from storscp.config import Config
 from storscp.instruments import receiver_metrics
@@ -21,7 +23,7 @@ def reject_reason(reject: Reject) -> str:
     return reject.text.lower().replace(" ", "_")
 
 
-class AbortReason:
+class AbortReason(StrEnum):
     """Why an established association ended without a release, as label values."""
 
     PEER_ABORT = "peer_abort"

@@ -25,7 +25,7 @@ CONF_NAME = "supervisord.conf"
 LOG_NAME = "supervisord.log"
 
 # Start order; the listener is an [eventlistener], the others [program]s.
-# `metrics` runs only when the `metrics` key is not empty (see `programs`).
+# `metrics` runs only when the `metrics` key is not empty (see `program_specs`).
 PROGRAMS = ("logger", "committer", "receiver", "metrics")
 ALL_PROGRAMS = ("listener", *PROGRAMS)
 
