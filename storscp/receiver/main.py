@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             log_dir=str(config.log_dir),
         )
         heartbeat = receiver.counter.metrics.heartbeat
+        heartbeat.beat()  # accepting from now on
         while not stop.wait(HEARTBEAT_INTERVAL_S):
             if receiver.accepting():
                 heartbeat.beat()  # stale when an acceptor or this thread is gone
