@@ -252,8 +252,12 @@ def load_running(config: Config) -> Config:
 
 
 def _same_service(new: Config, running: Config) -> bool:
+    """Whether `new` asks for what runs; port 0 (plain, metrics) means "whichever it has"."""
     if new.port == 0:
         new = replace(new, port=running.port)
+    asked, held = new.metrics_address, running.metrics_address
+    if asked is not None and held is not None and asked == (held[0], 0):
+        new = replace(new, metrics=running.metrics)
     return new == running
 
 
