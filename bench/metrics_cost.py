@@ -131,7 +131,8 @@ class Scraper:
 
 def scrape_cpu_ms(server: Storscp, scrapes: int = 100) -> float:
     """CPU milliseconds the metrics process spends per scrape (it does nothing else)."""
-    pid = server.component_pids()["metrics"]
+    # From Supervisor: after thousands of WRITE lines the START events have alternated away.
+    pid = server.service.running_pids("metrics")[0]
     url = f"http://127.0.0.1:{server.service.metrics_port}/metrics"
     before = _cpu_ticks(pid)
     for _ in range(scrapes):
