@@ -32,6 +32,7 @@ TEST_DEBS=(
     "storescu dcmtk"
     "Orthanc orthanc"
     "prometheus prometheus"
+    "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
 )
 
 apt_install() {
