@@ -20,6 +20,7 @@ COMPONENT_MODULES = {
     "storscp.committer": "committer",
     "storscp.commitment": "commitment",
     "storscp.receiver": "receiver",
+    "storscp.metrics": "metrics",
 }
 
 

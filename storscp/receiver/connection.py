@@ -36,6 +36,7 @@ from storscp.receiver.acse import (
 from storscp.receiver.commitment_dimse import AssociationCommitment
 from storscp.receiver.commitment_reports import Mailboxes
 from storscp.receiver.commitment_requests import CommitmentRequests
+from storscp.receiver.counting import AbortReason, ReceiverCounter, reject_reason
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import CommandSetError
 from storscp.receiver.dimse_service import DimseService
@@ -79,6 +80,8 @@ class ConnectionServices:
     # Storage Commitment: takes N-ACTIONs; offered reports arrive in `mailboxes`.
     commitment: CommitmentRequests
     mailboxes: Mailboxes | None
+    # The process's metrics (thread-safe, shared by every connection).
+    counter: ReceiverCounter
     # With proxy_protocol: who may put a PROXY header before a connection.
     trusted_proxies: tuple[Network, ...] = ()
 
@@ -100,6 +103,8 @@ class Connection:
         self.services = services
         self.config = services.config
         self.events = AssociationEvents(services.outbox, self.peer, tls is not None)
+        self.counter = services.counter
+        self._label = ""  # the calling AE title as a metric label value
         self.stats = AssociationStats()
         self.reader = SocketReader(sock)
         self._command = bytearray()
@@ -113,6 +118,7 @@ class Connection:
         """Run the association to its end; never raises."""
         ending = "closed"
         reason = ""
+        why = AbortReason.PEER_ABORT  # the metric label of an abort
         try:
             if self.config.proxy_protocol and not self._proxy_header():
                 return
@@ -140,24 +146,27 @@ class Connection:
                     stats=self.stats,
                     send=self._send,
                     commitment=commitment,
+                    counter=self.counter,
+                    ae_label=self._label,
                 )
                 ending, reason = self._serve_established(service)
         except PeerClosed:
-            ending, reason = "aborted", "peer closed the connection"
+            ending, reason, why = "aborted", "peer closed the connection", AbortReason.PEER_CLOSED
             if self._stopping:
-                reason = "service stopping: drain timeout reached"
+                reason, why = "service stopping: drain timeout reached", AbortReason.STOPPING
         except TimeoutError:
-            ending, reason = "aborted", "timed out waiting for the peer"
+            ending, reason, why = "aborted", "timed out waiting for the peer", AbortReason.TIMEOUT
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
         except ProtocolError as exc:
-            ending, reason = "aborted", f"protocol error: {exc}"
+            ending, reason, why = "aborted", f"protocol error: {exc}", AbortReason.PROTOCOL_ERROR
             self._send_quietly(pdu.abort(exc.reason))
             self.events.error("protocol error", str(exc))
         except OSError as exc:
-            ending, reason = "aborted", f"network error: {exc}"
+            ending, reason, why = "aborted", f"network error: {exc}", AbortReason.NETWORK_ERROR
         except Exception as exc:  # the boundary: one bad connection never stops the service
             log.exception("unexpected error on connection from %s", self.peer)
             ending, reason = "aborted", f"internal error: {exc!r}"
+            why = AbortReason.INTERNAL_ERROR
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
             self.events.error("internal error", repr(exc))
         finally:
@@ -170,6 +179,7 @@ class Connection:
                 if reason:
                     fields["reason"] = reason
                 self.events.association(ending, **fields)
+                self.counter.association(self._label, ending, why if ending == "aborted" else "")
 
     def abort(self) -> None:
         """Abort from another thread (service stopping): the reader then fails."""
@@ -223,6 +233,7 @@ class Connection:
             wrapped = context.wrap_socket(self.sock, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             self.events.error("TLS handshake failed", str(exc) or type(exc).__name__)
+            self.counter.tls_handshake_failed()
             return False
         self.sock = wrapped
         self.reader = SocketReader(wrapped)
@@ -252,6 +263,7 @@ class Connection:
         except NegotiationError as exc:
             raise ProtocolError(str(exc), pdu.AbortReason.INVALID_PDU_PARAMETER) from None
         self.events.assoc = assoc
+        self._label = self.counter.ae_label(assoc.calling_ae)
         self.events.association(
             "requested",
             contexts_proposed=assoc.proposed,
@@ -261,11 +273,13 @@ class Connection:
         if reject is not None:
             self._send(pdu.associate_rj(reject))
             self.events.association("rejected", reason=reject.text)
+            self.counter.association(self._label, "rejected", reject_reason(reject))
             return None
         self._send(assoc.ac_pdu)
         self.events.association(
             "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
         )
+        self.counter.association(self._label, "accepted")
         return assoc
 
     def _reject_reason(self, assoc: Negotiated) -> pdu.Reject | None:

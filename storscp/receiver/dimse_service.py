@@ -13,6 +13,7 @@ ProtocolError, and the connection aborts.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from storscp.outbox import Outbox
@@ -20,6 +21,7 @@ from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import Negotiated
 from storscp.receiver.commitment_dimse import AssociationCommitment
 from storscp.receiver.commitment_requests import ActionDataset
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField
 from storscp.receiver.events import AssociationEvents, AssociationStats
@@ -52,7 +54,10 @@ class DimseService:
         stats: AssociationStats,
         send: Callable[[bytes], None],
         commitment: AssociationCommitment,
+        counter: ReceiverCounter,
+        ae_label: str,
     ) -> None:
+        """`ae_label`: the calling AE title as `counter.ae_label` bounds it."""
         self.assoc = assoc
         self.parts = parts
         self.limits = limits
@@ -62,6 +67,8 @@ class DimseService:
         self.stats = stats
         self._send = send
         self.commitment = commitment
+        self.counter = counter
+        self.ae_label = ae_label
         self._pending: PendingStore | None = None
         self._action: ActionDataset | None = None
         self._expecting_dataset: Command | None = None
@@ -160,11 +167,13 @@ class DimseService:
         self.stats.instances += 1
         self.stats.bytes += stored.size_bytes
         self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
+        self.counter.stored(time.monotonic() - pending.started)
         self.outbox.post("committer", stored)
         self.parts.refill()
 
     def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
         self.stats.failures += 1
+        self.counter.store_failed(self.ae_label, status)
         self.events.store_failed(pending.command, status, reason)
         self._respond_store(pending.context_id, pending.command, status, reason)
 

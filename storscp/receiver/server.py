@@ -25,6 +25,7 @@ from storscp.receiver.admission import admission_check, resolve_remote_hosts
 from storscp.receiver.commitment_reports import Mailboxes
 from storscp.receiver.commitment_requests import CommitmentRequests
 from storscp.receiver.connection import Connection, ConnectionServices
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.proxyproto import trusted_networks
 from storscp.receiver.slots import AssociationSlots, Held, RemoteAESlots
@@ -65,6 +66,7 @@ class Receiver:
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._acceptors: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.counter = ReceiverCounter(config)
         self.services = ConnectionServices(
             config=config,
             outbox=outbox,
@@ -74,6 +76,7 @@ class Receiver:
             depot_dir_fd=self.depot_dir_fd,
             admit=self.admit,
             association_ended=self.association_ended,
+            counter=self.counter,
             trusted_proxies=trusted_networks(config.trusted_proxies),
             commitment=CommitmentRequests(config, outbox, self.allowed_hosts, reply_to),
             mailboxes=mailboxes if reply_to else None,
@@ -117,6 +120,14 @@ class Receiver:
             )
             thread.start()
             self._acceptors.append(thread)
+
+    def accepting(self) -> bool:
+        """Listening, not stopping, and every acceptor thread alive."""
+        return (
+            bool(self._acceptors)
+            and not self._stopping.is_set()
+            and all(thread.is_alive() for thread in self._acceptors)
+        )
 
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():
