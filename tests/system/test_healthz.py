@@ -127,7 +127,10 @@ def test_storage_below_min_free_bytes_is_503(
     # And `storscp status` says the same, though every process is RUNNING
     result = svc.command("status")
     assert result.returncode == 1 and result.stdout.startswith("service degraded\n")
-    assert f"  health     503: {line}\n" in result.stdout, result.stdout
+    # (The name column is as wide as the longest program name.)
+    assert re.search(rf"^  health +503: {re.escape(line)}$", result.stdout, re.MULTILINE), (
+        result.stdout
+    )
     # And freeing space makes it healthy again
     filler.unlink()
     wait_health(svc, 200)
