@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from storscp import bus
+from storscp import bus, depotfiles
+from storscp.arrival import Arrival
 from storscp.config import Config, ConfigError, load
 from storscp.exitcodes import ExitCode
 from storscp.outbox import Outbox
@@ -58,3 +59,17 @@ def report_startup_failure(proc: str, exc: StartupFailure) -> int:
     """Say why on stderr (Supervisor's child log) and return the exit code."""
     print(f"storscp {proc}: {exc}", file=sys.stderr, flush=True)
     return int(exc.code)
+
+
+def open_arrival(config: Config) -> Arrival:
+    """The arrival clock of this node's depot; makes `state_dir` if it is missing.
+
+    StartupFailure(CANTCREAT) if the state directory or boot counter cannot be written.
+    """
+    try:
+        config.state_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
+        return Arrival(config.state_dir, depotfiles.highest_boot(config.depot_dir))
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot use state directory {config.state_dir}: {exc}"
+        ) from None

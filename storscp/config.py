@@ -22,6 +22,8 @@ from typing import Any
 import tomli_w
 
 DEFAULT_CONFIG_NAME = "storscp.toml"
+STATE_DIR_NAME = ".storscp"
+LAYOUTS = ("flat", "study")
 EFFECTIVE_CONFIG_NAME = "effective.toml"
 
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes with the NUL).
@@ -116,6 +118,16 @@ class Config:
     admin_group: str = ""
     # Run the components as this account (supervisord itself stays root).
     user: str = ""
+    # Where committed instances go: "flat" <UID><ext>, or "study" <Study>/<Series>/<UID><ext>.
+    layout: str = "flat"
+    # A study with no new instance for this long gets one study_complete (0: never).
+    study_quiet_s: float = 60.0
+    # The feed's history is cut, oldest first, beyond this size or age (0: no bound).
+    feed_max_bytes: int = 256 * 1024 * 1024
+    feed_max_age_s: float = 7 * 24 * 3600.0
+    # ZeroMQ endpoints of the feed ("": ipc sockets in <run_dir>/bus/).
+    feed_live_endpoint: str = ""
+    feed_replay_endpoint: str = ""
     _source: str = field(default="defaults", compare=False, repr=False)
     _explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -123,6 +135,11 @@ class Config:
     def depot_dir(self) -> Path:
         """Staging area inside the storage directory (same filesystem)."""
         return self.storage_dir / "depot"
+
+    @property
+    def state_dir(self) -> Path:
+        """Durable per-node state (feed history, boot counter): beside storage, not in run_dir."""
+        return self.storage_dir / STATE_DIR_NAME
 
     @property
     def receiver_count(self) -> int:
@@ -173,6 +190,12 @@ KEYS: dict[str, tuple[type, str]] = {
     "drain_timeout_s": (float, "how long a stop waits for associations"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
     "user": (str, "account the components run as (empty: the one starting them)"),
+    "layout": (str, 'storage layout: "flat" or "study" (<Study>/<Series>/<UID>)'),
+    "study_quiet_s": (float, "quiet time before study_complete (0: off)"),
+    "feed_max_bytes": (int, "feed history size bound (0: none)"),
+    "feed_max_age_s": (float, "feed history age bound (0: none)"),
+    "feed_live_endpoint": (str, "feed PUB endpoint (empty: ipc in run_dir/bus)"),
+    "feed_replay_endpoint": (str, "feed replay endpoint (empty: ipc in run_dir/bus)"),
 }
 
 
@@ -423,6 +446,7 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{src}: accept_any is false but no [[remote_ae]] is listed: nobody could connect"
         )
+    _validate_feed(src, config)
     if config.tls is not None:
         _validate_tls(src, config)
     _validate_accounts(config)
@@ -432,6 +456,60 @@ def validate(config: Config) -> None:
             f"{src}: key 'run_dir' is too long for a Unix socket path"
             f" ({len(str(longest).encode())} > {MAX_IPC_PATH_BYTES} bytes): {config.run_dir}"
         )
+
+
+def _validate_feed(src: str, config: Config) -> None:
+    if config.layout not in LAYOUTS:
+        raise ConfigError(
+            f"{src}: key 'layout' must be one of {', '.join(LAYOUTS)}, got {config.layout!r}"
+        )
+    if config.study_quiet_s != 0 and not 0.1 <= config.study_quiet_s <= 7 * 86400:
+        raise ConfigError(
+            f"{src}: key 'study_quiet_s' must be 0 or 0.1-604800, got {config.study_quiet_s}"
+        )
+    if config.feed_max_bytes != 0 and config.feed_max_bytes < MIN_FEED_BYTES:
+        raise ConfigError(
+            f"{src}: key 'feed_max_bytes' must be 0 or at least {MIN_FEED_BYTES},"
+            f" got {config.feed_max_bytes}"
+        )
+    if config.feed_max_age_s < 0:
+        raise ConfigError(f"{src}: key 'feed_max_age_s' must be 0 or more")
+    for key in ("feed_live_endpoint", "feed_replay_endpoint"):
+        problem = _endpoint_problem(getattr(config, key))
+        if problem:
+            raise ConfigError(f"{src}: key {key!r} {problem}")
+    live, replay = config.feed_live_endpoint, config.feed_replay_endpoint
+    if live and live == replay:
+        raise ConfigError(f"{src}: keys 'feed_live_endpoint' and 'feed_replay_endpoint' are equal")
+
+
+MIN_FEED_BYTES = 64 * 1024
+_TCP_ENDPOINT_RE = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[0-9.]+):([0-9]{1,5})$")
+
+
+def _endpoint_problem(endpoint: str) -> str:
+    """Why `endpoint` is not a ZeroMQ address we bind ('' if it is fine)."""
+    if not endpoint:
+        return ""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        if not path.startswith("/"):
+            return f"must be ipc:///absolute/path, got {endpoint!r}"
+        if len(path.encode()) > MAX_IPC_PATH_BYTES:
+            return f"is too long for a Unix socket path: {endpoint!r}"
+        return ""
+    match = _TCP_ENDPOINT_RE.match(endpoint)
+    if match is None:
+        return f"must be tcp://IP:PORT or ipc:///path, got {endpoint!r}"
+    host = match.group(1).strip("[]")
+    if host != "*":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"must name an IP address, got {endpoint!r}"
+    if not 1 <= int(match.group(2)) <= 65535:
+        return f"port must be 1-65535, got {endpoint!r}"
+    return ""
 
 
 def _validate_tls(src: str, config: Config) -> None:

@@ -12,6 +12,7 @@ from storscp.component import (
     StartupFailure,
     load_component_config,
     make_outbox,
+    open_arrival,
     report_startup_failure,
 )
 from storscp.config import Config
@@ -60,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         die_with_parent()
         check_depot(config)
+        arrival = open_arrival(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 
     outbox = make_outbox(PROC, config, to_committer=True)
     try:
-        receiver = Receiver(config, outbox)
+        receiver = Receiver(config, outbox, arrival)
         try:
             host, port, tls_port = receiver.listen()
         except TlsSetupError as exc:
@@ -100,4 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         return ExitCode.OK
     finally:
+        # The arrival lock stays open until exit: a connection thread the drain
+        # left behind may still be making a file ready.
         outbox.close()

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 
+from storscp.arrival import Arrival
 from storscp.config import Config
 from storscp.outbox import Outbox
 from storscp.receiver import pdu
@@ -38,14 +39,16 @@ PENDING_CONNECTIONS = 16
 class Receiver:
     """Accepts connections and holds what all of them share."""
 
-    def __init__(self, config: Config, outbox: Outbox) -> None:
+    def __init__(self, config: Config, outbox: Outbox, arrival: Arrival) -> None:
         self.config = config
         self.outbox = outbox
         self.depot_dir = config.depot_dir
         self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.parts = PartPool(self.depot_dir, int(config.file_mode))
+        self.parts = PartPool(self.depot_dir, int(config.file_mode), arrival)
         self.negotiator = Negotiator(config.max_pdu_bytes)
-        self.limits = StoreLimits(config.max_instance_bytes, config.min_free_bytes)
+        self.limits = StoreLimits(
+            config.max_instance_bytes, config.min_free_bytes, config.layout == "study"
+        )
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
         self.allowed_hosts = resolve_remote_hosts(config)

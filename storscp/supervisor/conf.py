@@ -1,7 +1,7 @@
 """Render `<run_dir>/supervisord.conf` from the Config.
 
 A normal Supervisor file: `supervisorctl -c <run_dir>/supervisord.conf
-status` works on it. Programs start logger -> committer -> receiver and stop
+status` works on it. Programs start logger -> committer -> feed -> receiver and stop
 in reverse (Supervisor stops one priority group at a time, highest first);
 the listener starts first and stops last, so it sees every state change.
 `stopwaitsecs` of the receiver follows the drain timeout, so a graceful stop
@@ -25,7 +25,7 @@ CONF_NAME = "supervisord.conf"
 LOG_NAME = "supervisord.log"
 
 # Start order; the listener is an [eventlistener], the others [program]s.
-PROGRAMS = ("logger", "committer", "receiver")
+PROGRAMS = ("logger", "committer", "feed", "receiver")
 ALL_PROGRAMS = ("listener", *PROGRAMS)
 
 
@@ -47,7 +47,7 @@ class ProgramSpec:
 
 
 def program_specs(config: Config) -> dict[str, ProgramSpec]:
-    """The four programs, in start order."""
+    """The programs, in start order."""
     drain_s = math.ceil(config.drain_timeout_s)
     return {
         # Stops last: reports the others' exits until the very end.
@@ -57,6 +57,8 @@ def program_specs(config: Config) -> dict[str, ProgramSpec]:
         # Its start-up sweep may be long after a crash, but it stays up meanwhile;
         # on stop it commits what is ready, a rename and an fsync per batch.
         "committer": ProgramSpec("storscp.committer", 20, 2, 3, stopwaitsecs=30),
+        # Bind and serve replays from the history; nothing to drain.
+        "feed": ProgramSpec("storscp.feed", 25, 1, 3, stopwaitsecs=10),
         # pynetdicom's import and the AE take longest; on stop it lets
         # associations finish for drain_timeout_s, then aborts the rest.
         "receiver": ProgramSpec("storscp.receiver", 30, 3, 3, stopwaitsecs=drain_s + 10),

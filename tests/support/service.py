@@ -27,11 +27,12 @@ T = TypeVar("T")
 
 STORSCP = str(Path(sys.executable).with_name("storscp"))
 SUPERVISORCTL = str(Path(sys.executable).with_name("supervisorctl"))
-COMPONENTS = ("listener", "logger", "committer", "receiver")
+COMPONENTS = ("listener", "logger", "committer", "feed", "receiver")
 COMPONENT_MODULES = {
     "listener": "storscp.supervisor",
     "logger": "storscp.logger",
     "committer": "storscp.committer",
+    "feed": "storscp.feed",
     "receiver": "storscp.receiver",
 }
 
@@ -159,7 +160,7 @@ class Service:
         poll_for(
             lambda: self._all_started(known) or self._died(),
             timeout_s,
-            "all four components to START",
+            "every component to START",
         )
         self._read_port()
         return self
@@ -180,7 +181,7 @@ class Service:
         self.supervisord_pids.add(self.proc.pid)
 
     def start_daemon(self, timeout_s: float = 30.0) -> Service:
-        """`storscp start`; returns once it said so and all four components STARTed."""
+        """`storscp start`; returns once it said so and every component STARTed."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._record_pids()
@@ -189,7 +190,7 @@ class Service:
         assert result.returncode == 0, f"storscp start: {result.stdout}{result.stderr}"
         assert result.stdout.strip().splitlines()[-1] == "start request issued", result.stdout
         self.supervisord_pids.add(self.supervisord_pid())
-        poll_for(lambda: self._all_started(known), timeout_s, "all four components")
+        poll_for(lambda: self._all_started(known), timeout_s, "every component")
         self._read_port()
         return self
 
@@ -246,7 +247,8 @@ class Service:
             fresh = [e for e in starts if int(e.get("pid") or 0) not in known]
         procs = {e["proc"] for e in fresh}
         receivers = sum(1 for e in fresh if e["proc"] == "receiver")
-        return {"committer", "logger", "listener"} <= procs and receivers >= self.receiver_count()
+        singles = {"committer", "feed", "logger", "listener"}
+        return singles <= procs and receivers >= self.receiver_count()
 
     def pid_of(self, proc: str) -> int:
         """The pid in the last START of `proc`."""

@@ -73,7 +73,7 @@ def check_storage(svc: Service, pool: SenderPool) -> Counts:
     for uid in found:
         stored = df.dataset_bytes(svc.stored_path(uid))
         assert stored == df.dataset_bytes(pool.instances[uid].path), f"{uid}: bytes differ"
-    expected_names = {svc.stored_path(uid).name for uid in found} | {"depot"}
+    expected_names = {svc.stored_path(uid).name for uid in found} | {"depot", ".storscp"}
     strays = sorted(set(os.listdir(svc.storage_dir)) - expected_names)
     assert not strays, f"unexpected entries in the storage directory: {strays[:5]}"
     return Counts(pool.sent(), len(acknowledged), len(found), pool.associations())
