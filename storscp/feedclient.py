@@ -96,7 +96,9 @@ class FeedClient:
             if left_ms <= 0 or not sock.poll(left_ms):
                 # A lost request or a stale answer: start over with a fresh socket.
                 self._drop_replay_socket()
-                raise FeedError(f"no answer from {self.replay_endpoint} in {self.request_timeout_s}s")
+                raise FeedError(
+                    f"no answer from {self.replay_endpoint} in {self.request_timeout_s}s"
+                )
             frames = sock.recv_multipart()
             page, messages = bus.decode_page(frames[1:] if frames[:1] == [b""] else frames)
             if page.after != after:

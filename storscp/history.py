@@ -39,6 +39,7 @@ BUSY_TIMEOUT_MS = 5000
 # Prune down to this share of feed_max_bytes, so pruning is not done on every batch.
 PRUNE_TO = 0.9
 PRUNE_CHUNK_ROWS = 5000
+PRUNE_PASSES = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feed (
@@ -250,17 +251,22 @@ class History:
             ).fetchone()
             if row[0] is not None:
                 removed += self._delete_through(int(row[0]))
-        if max_bytes > 0:
+        # Freed rows leave partly used pages: measure again after each cut.
+        for _ in range(PRUNE_PASSES):
             used = self.used_bytes()
-            if used > max_bytes:
-                count = self.conn.execute("SELECT count(*) FROM feed").fetchone()[0]
-                drop = max(1, int(count * (1 - PRUNE_TO * max_bytes / used)))
-                row = self.conn.execute(
-                    "SELECT seq FROM feed ORDER BY seq LIMIT 1 OFFSET ?",
-                    (min(drop, PRUNE_CHUNK_ROWS) - 1,),
-                ).fetchone()
-                if row is not None:
-                    removed += self._delete_through(int(row[0]))
+            if max_bytes <= 0 or used <= max_bytes:
+                break
+            # Seqs are contiguous: the count without a full scan.
+            first, last = self.conn.execute("SELECT min(seq), max(seq) FROM feed").fetchone()
+            if first is None:
+                break
+            count = last - first + 1
+            drop = max(1, int(count * (1 - PRUNE_TO * max_bytes / used)))
+            row = self.conn.execute(
+                "SELECT seq FROM feed ORDER BY seq LIMIT 1 OFFSET ?",
+                (min(drop, count, PRUNE_CHUNK_ROWS) - 1,),
+            ).fetchone()
+            removed += self._delete_through(int(row[0]))
         return removed
 
     def _delete_through(self, seq: int) -> int:

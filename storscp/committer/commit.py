@@ -97,6 +97,7 @@ class Committer:
                 if name not in listed:
                     del announced[name]  # committed already (the bus was late)
             plans, more = self._plan(names, announced, read_back)
+            self._mark_replacements(plans)
             if plans:
                 published += self._commit(plans)
             if not more:
@@ -132,6 +133,14 @@ class Committer:
             if plan is not None:
                 plans.append(plan)
         return plans, False
+
+    def _mark_replacements(self, plans: list[Pending]) -> None:
+        """A second copy of a UID in one batch replaces the first, which is not there yet."""
+        seen: set[str] = set()
+        for plan in plans:
+            if plan.destination in seen:
+                plan.fields["replaced"] = True
+            seen.add(plan.destination)
 
     def _plan_one(self, name: str, info: bus.InstanceStored | None) -> Pending | None:
         """Where a ready file goes, or None if it was set aside (with an ERROR)."""
