@@ -57,8 +57,9 @@ def program_specs(config: Config) -> dict[str, ProgramSpec]:
         # Its start-up sweep may be long after a crash, but it stays up meanwhile;
         # on stop it commits what is ready, a rename and an fsync per batch.
         "committer": ProgramSpec("storscp.committer", 20, 2, 3, stopwaitsecs=30),
-        # Bind and serve replays from the history; nothing to drain.
-        "feed": ProgramSpec("storscp.feed", 25, 1, 3, stopwaitsecs=10),
+        # Binds and serves replays from the history, nothing to drain. The
+        # committer's priority: both stop at once (it opens the history lazily).
+        "feed": ProgramSpec("storscp.feed", 20, 1, 3, stopwaitsecs=10),
         # pynetdicom's import and the AE take longest; on stop it lets
         # associations finish for drain_timeout_s, then aborts the rest.
         "receiver": ProgramSpec("storscp.receiver", 30, 3, 3, stopwaitsecs=drain_s + 10),
