@@ -18,7 +18,7 @@ from support.service import STORSCP, Service, alive, poll_for
 
 STORAGE_MESSAGE = "An existing Storage SCP directory must be specified"
 STATUS_LINE_RE = re.compile(
-    r"^  (listener|logger|committer|receiver)(?::receiver_\d+)?\s+RUNNING\s+pid (\d+)"
+    r"^  (listener|logger|committer|feed|receiver)(?::receiver_\d+)?\s+RUNNING\s+pid (\d+)"
     r"\s+uptime \d+:\d\d:\d\d$"
 )
 
@@ -43,8 +43,8 @@ def test_start_status_stop_answer_like_the_original_service(
     assert all(components), lines
     pids = [(m[1], int(m[2])) for m in components if m]
     programs = [name for name, _ in pids]
-    assert programs[:3] == ["listener", "logger", "committer"]
-    assert set(programs[3:]) == {"receiver"}  # one per core (receivers = 0)
+    assert programs[:4] == ["listener", "logger", "committer", "feed"]
+    assert set(programs[4:]) == {"receiver"}  # one per core (receivers = 0)
     assert all(alive(pid) for _, pid in pids)
     supervisord = svc.supervisord_pid()
 

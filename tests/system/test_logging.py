@@ -26,7 +26,7 @@ from support.scu import echoscu, pynetdicom_store, storescu
 from support.service import STORSCP, Service, poll_for
 
 EVENT_TYPES = {"START", "ASSOCIATION", "WRITE", "ERROR"}
-PROCS = {"receiver", "committer", "logger", "listener"}
+PROCS = {"receiver", "committer", "feed", "logger", "listener"}
 LOG_NAMES = ("storscp1.log", "storscp2.log")
 
 
