@@ -201,6 +201,8 @@ class ReplayPage:
     `history_start` is the oldest seq still kept (`last_seq` + 1 when the
     history is empty). When `after` is older than that, nothing follows and
     `error` says "history starts at N": the messages in between are gone.
+    When `after` is beyond `last_seq`, "history ends at N": this is not the
+    history the consumer followed (it was deleted and started again).
     """
 
     after: int

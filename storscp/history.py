@@ -330,6 +330,10 @@ class HistoryReader:
             if after < history_start - 1:
                 error = f"history starts at {history_start}"
                 return bus.ReplayPage(after, history_start, last_seq, 0, error), []
+            if after > last_seq:
+                # A consumer ahead of us: this history is not the one it followed.
+                error = f"history ends at {last_seq}"
+                return bus.ReplayPage(after, history_start, last_seq, 0, error), []
             rows = self.conn.execute(
                 "SELECT kind, body FROM feed WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
             ).fetchall()

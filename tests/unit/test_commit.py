@@ -206,3 +206,34 @@ def test_layout_study_quarantines_what_has_no_usable_study_uid(
     assert os.listdir(committer.depot_dir) == [name + QUARANTINE_SUFFIX]
     assert sorted(os.listdir(committer.storage_dir)) == [".storscp", "depot"]
     close(committer)
+
+
+def test_an_open_study_survives_a_restart_and_completes_once(tmp_path: Path) -> None:
+    committer = make_committer(tmp_path, study_quiet_s=0.2)
+    for seed in (40, 41):
+        path, uid = image(tmp_path, seed)
+        put_ready(committer, path, uid)
+    committer.commit_ready({}, read_back=True)
+    boot, tick = committer.arrival.now()
+    assert committer.studies.quiet(boot, tick) == []  # not quiet yet
+    close(committer)  # the committer dies before the study is quiet
+
+    # Given a new committer, once the quiet time has passed
+    restarted = make_committer(tmp_path, study_quiet_s=0.2)
+    time.sleep(0.25)
+    boot, tick = restarted.arrival.now()
+    [study] = restarted.studies.quiet(boot, tick)
+    done = restarted.history.append_study_complete(restarted.studies.completion(study))
+    restarted.studies.close(study)
+    assert (done.study_instance_uid, done.instances, done.series, done.seq) == (
+        df.uid_for("study-0"),
+        2,
+        1,
+        3,
+    )
+    close(restarted)
+    # And after another restart it is not completed again
+    again = make_committer(tmp_path, study_quiet_s=0.2)
+    time.sleep(0.25)
+    assert again.studies.quiet(*again.arrival.now()) == []
+    close(again)

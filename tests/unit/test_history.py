@@ -108,3 +108,14 @@ def test_lookup_answers_from_the_history_and_from_the_flat_layout(tmp_path: Path
     assert find_stored(config, "../etc", reader) is None
     reader.close()
     history.close()
+
+
+def test_a_consumer_ahead_of_the_history_is_told_so(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    fill(history, 0, 3, tmp_path)
+    reader = HistoryReader(tmp_path)
+    page, frames = reader.page(7, 10)  # a consumer of a history that was deleted
+    assert (page.error, frames) == ("history ends at 3", [])
+    assert reader.page(3, 10)[0].error == ""  # up to date is fine
+    reader.close()
+    history.close()
