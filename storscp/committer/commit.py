@@ -161,7 +161,9 @@ class Committer:
             self._failed(name, exc)
             return None
         token = name.split("_", 1)[0] if parse_token(name) else ""
-        newest = self.history.newest_token(uid)
+        replaced = os.path.lexists(dst)
+        # Only a file already in place can be newer than this one: ask the history then.
+        newest = self.history.newest_token(uid) if replaced else None
         if newest is not None and _later(newest, token):
             # A newer copy of this UID is stored already: this one must not overwrite it.
             self._set_aside(
@@ -181,7 +183,7 @@ class Committer:
             "transfer_syntax_uid": info.transfer_syntax_uid,
             "bytes": info.size_bytes,
             "calling_ae": info.calling_ae,
-            "replaced": os.path.lexists(dst),
+            "replaced": replaced,
         }
         return Pending(name, token, str(dst), fields)
 
