@@ -243,6 +243,10 @@ def test_asking_for_history_that_was_dropped_is_an_explicit_answer(
 
     start = poll_for(start_of_history, 30, "the history to be cut")
     assert start > 1
+    # The same for a shell script: one line on stderr, exit status 65
+    result = svc.command("feed", "--since", "0")
+    assert (result.returncode, result.stdout) == (65, "")
+    assert result.stderr.startswith(f"storscp feed: history starts at {start}"), result.stderr
     with FeedClient(live, replay, start - 1) as client:
         replayed = list(client.catch_up())
     check_gapless([m.seq for m in replayed], first=start)
