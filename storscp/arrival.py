@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from storscp.errors import StorscpError
+
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 BOOT_FILE = "boot"
 ARRIVAL_FILE = "arrival"
@@ -37,7 +39,7 @@ TICK_DIGITS = 20
 TOKEN_LENGTH = BOOT_DIGITS + 1 + TICK_DIGITS
 
 
-class ArrivalError(OSError):
+class ArrivalError(StorscpError, OSError):
     """The boot counter cannot be read or written."""
 
 

@@ -21,6 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from storscp.errors import StorscpError
+
 PROTOCOL_VERSION = 1
 
 # Bounded queues: a slow or absent peer must never make a sender block.
@@ -31,7 +33,7 @@ FieldValue = str | int | float | bool | None
 _JSON_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool, "tuple[str, ...]": tuple}
 
 
-class BusError(Exception):
+class BusError(StorscpError):
     """Frames that are not a valid storscp message; keeps the raw frames."""
 
     def __init__(self, reason: str, frames: list[bytes]) -> None:

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 import zmq
 
 from storscp import bus
+from storscp.errors import StorscpError
 
 REQUEST_TIMEOUT_S = 5.0
 
 
-class FeedError(Exception):
+class FeedError(StorscpError):
     """The feed cannot give what was asked; the message says why."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storscp import bus
+from storscp.errors import StorscpError
 
 FEED_DIR_NAME = "feed"
 DB_NAME = "history.sqlite3"
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class HistoryError(Exception):
+class HistoryError(StorscpError):
     """The history database cannot be opened, read or written."""
 
 
