@@ -1,4 +1,4 @@
-"""The `storscp` command: run, start, stop, restart, status, config, logs.
+"""The `storscp` command: run, start, stop, restart, status, config, logs, feed, echo.
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
@@ -10,7 +10,8 @@ traceback.
 
 Here: the parser and `main()`, the boundary that turns every refusal into a
 message and an exit code. `prepare` readies a start, `service` holds the
-commands that go through supervisord, `logs` reads the two log files.
+commands that go through supervisord, `logs` reads the two log files,
+`feed` prints the stored-instance feed, `echo` checks another DICOM node.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from storscp import __version__
+from storscp.cli.echo import add_echo_parser, cmd_echo
+from storscp.cli.feed import cmd_feed
 from storscp.cli.logs import cmd_logs
 from storscp.cli.service import (
     STATUS_UNKNOWN,
@@ -38,7 +41,12 @@ from storscp.supervisor import control
 
 PRIVILEGES_MESSAGE = "Failed. Administrator privileges may be needed."
 
-FAILED_PREFIX = {"run": "start failed: ", "start": "start failed: ", "restart": "restart failed: "}
+FAILED_PREFIX = {
+    "run": "start failed: ",
+    "start": "start failed: ",
+    "restart": "restart failed: ",
+    "feed": "storscp feed: ",
+}
 CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
 
 
@@ -74,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-n", "--lines", type=_count, metavar="N", help="print only the last N lines first"
     )
+    feed_help = "print the stored-instance feed as JSON lines"
+    feed = sub.add_parser("feed", parents=[common], help=feed_help, description=feed_help)
+    feed.add_argument(
+        "--since", type=_count, default=0, metavar="SEQ", help="only what came after SEQ (0: all)"
+    )
+    feed.add_argument("-f", "--follow", action="store_true", help="then keep printing new ones")
+    add_echo_parser(sub)
     return parser
 
 
@@ -90,12 +105,16 @@ def _count(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: str = args.command
+    if command == "echo":
+        return cmd_echo(args)  # another node: no configuration of ours involved
     failed = FAILED_PREFIX.get(command, "storscp: ")
     overrides = {key: getattr(args, key) for key in KEYS}
     try:
         config = load(args.config, overrides)
         if command == "logs":
             return cmd_logs(config, args.follow, args.lines)
+        if command == "feed":
+            return cmd_feed(config, args.since, args.follow)
         return COMMANDS[command](config)
     except ConfigNotReadable as exc:
         if command in CONTROL_COMMANDS:

@@ -21,7 +21,7 @@ from storscp.preflight import Account, not_writable_message
 # component, and write where the components write? Exit 3 names a path.
 _PROBE = """
 import os, sys
-import storscp.committer.main, storscp.logger.main, storscp.receiver.main
+import storscp.committer.main, storscp.feed.main, storscp.logger.main, storscp.receiver.main
 import storscp.supervisor.listener
 for path in sys.argv[1:]:
     if not os.access(path, os.W_OK | os.X_OK):
@@ -40,11 +40,17 @@ def require_root_for(account: Account | None) -> None:
 
 def check_account(config: Config, account: Account | None) -> None:
     """Components running as `user` need an interpreter that account can run, and
-    write access to storage, depot, logs and bus sockets.
+    write access to storage, depot, state directory, logs and bus sockets.
     """
     if account is None:
         return
-    paths = [config.storage_dir, config.depot_dir, config.log_dir, config.bus_dir]
+    paths = [
+        config.storage_dir,
+        config.depot_dir,
+        config.state_dir,
+        config.log_dir,
+        config.bus_dir,
+    ]
     result = _probe(account, paths)
     if result.returncode == 3:
         path = Path(result.stdout.strip())

@@ -1,4 +1,4 @@
-"""run_dir, storage, depot and log directories: who may start, and what is created.
+"""run_dir, storage, depot, state and log directories: who may start, and what is created.
 
 Each directory storscp creates gets exactly its mode, whatever the umask;
 when the components run as `user`, the directories they write are given to
@@ -83,6 +83,30 @@ def prepare_storage(config: Config, account: Account | None) -> None:
     _mkdir("depot", depot, int(config.dir_mode))
     if account is not None and depot.stat().st_uid != account.uid:
         _give(depot, account)
+    prepare_state_dir(config, account)
+
+
+def prepare_state_dir(config: Config, account: Account | None) -> None:
+    """`<storage_dir>/.storscp`: the boot counter, arrival lock and feed history.
+
+    All of it is written by the components, so all of it is the component
+    account's: a service first run as root and then with `user` hands over
+    the files too, or its committer could not write the history.
+    """
+    state = config.state_dir
+    _mkdir("state directory", state, int(config.dir_mode))
+    if account is None:
+        return
+    try:
+        for directory, subdirs, files in os.walk(state):
+            for name in [directory, *(os.path.join(directory, n) for n in subdirs + files)]:
+                if os.lstat(name).st_uid != account.uid:
+                    os.lchown(name, account.uid, account.gid)
+    except OSError as exc:
+        raise CommandRefused(
+            ExitCode.CANTCREAT,
+            f"state directory {state} cannot be given to user {account.name}: {exc.strerror}",
+        ) from None
 
 
 def prepare_log_dir(config: Config, account: Account | None) -> None:
