@@ -128,6 +128,8 @@ class Service:
         self.pids: set[int] = set()
         self.supervisord_pids: set[int] = set()
         self.extension = str(self.keys.get("extension", ".dcm"))
+        # The one-process programs whose START means "started" (an older build has fewer).
+        self.singles = {"committer", "feed", "logger", "listener"}
 
     @property
     def depot_dir(self) -> Path:
@@ -247,8 +249,7 @@ class Service:
             fresh = [e for e in starts if int(e.get("pid") or 0) not in known]
         procs = {e["proc"] for e in fresh}
         receivers = sum(1 for e in fresh if e["proc"] == "receiver")
-        singles = {"committer", "feed", "logger", "listener"}
-        return singles <= procs and receivers >= self.receiver_count()
+        return self.singles <= procs and receivers >= self.receiver_count()
 
     def pid_of(self, proc: str) -> int:
         """The pid in the last START of `proc`."""
