@@ -36,6 +36,9 @@ class Consumer:
     live: str
     replay: str
     after: int = 0
+    # Small pages make a replay take many round trips while live messages
+    # arrive: the switch from replay to live is then exercised, not luck.
+    page_size: int = bus.REPLAY_PAGE_MAX
     received: list[Received] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -61,7 +64,7 @@ class Consumer:
 
     def _run(self) -> None:
         try:
-            with FeedClient(self.live, self.replay, self.last) as client:
+            with FeedClient(self.live, self.replay, self.last, page_size=self.page_size) as client:
                 while not self._stop.is_set():
                     for msg in client.receive(0.1):
                         exists = not isinstance(msg, bus.InstanceCommitted) or os.path.exists(
