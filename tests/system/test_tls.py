@@ -14,7 +14,7 @@ import pytest
 
 from support import dicomfiles as df
 from support.scu import DCMTK_ENV
-from support.service import Service, short_tempdir
+from support.service import STORSCP, Service, short_tempdir
 
 
 def openssl(*args: str) -> None:
@@ -134,6 +134,15 @@ def test_storescu_over_tls(service_factory: type[Service], pki: Path, short_tmp:
         env=DCMTK_ENV,
     )
     assert plain.returncode == 0
+    # `storscp echo` speaks TLS with the [tls] table's options, and checks the chain.
+    echo = [STORSCP, "echo", "127.0.0.1", str(svc.tls_port), "--aec", "STORSCP", "--tls"]
+    trusted = subprocess.run(
+        [*echo, "--ca-file", str(pki / "ca.pem")], capture_output=True, text=True, timeout=60
+    )
+    assert (trusted.returncode, trusted.stdout) == (0, "I: Received Echo Response (Success)\n")
+    untrusted = subprocess.run(echo, capture_output=True, text=True, timeout=60)
+    assert untrusted.returncode == 1 and len(untrusted.stderr.splitlines()) == 1
+    assert untrusted.stderr.startswith("F: "), untrusted.stderr
 
 
 def test_client_certificate_required_with_ca_file(
