@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench import data
 from bench.inotify import DirectoryWatcher
+from bench.procstat import process_cpu_s, tree_cpu_s
 from bench.senders import send
 from bench.servers import Storscp
 from bench.stats import percentile
@@ -73,18 +74,41 @@ def start_consumer(server: Storscp, out: Path) -> subprocess.Popen[str]:
     return proc
 
 
+def components(server: Storscp) -> list[tuple[str, int]]:
+    """(proc, pid) of every component, from the START events (read once: the log alternates)."""
+    return [(e["proc"], int(e["pid"])) for e in server.service.events("START") if "pid" in e.fields]
+
+
+def component_cpu_s(procs: list[tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds used so far by each component (receivers summed), from /proc."""
+    out: dict[str, float] = {}
+    for proc, pid in procs:
+        used = process_cpu_s(pid)
+        if used is not None:
+            out[proc] = out.get(proc, 0.0) + used
+    return out
+
+
 def run(
-    server: Storscp, workload: data.Workload, log_dir: Path, consumer: bool
-) -> tuple[float, list[float]]:
-    """One verified run; returns (instances/s, feed latencies in s)."""
+    server: Storscp,
+    procs: list[tuple[str, int]],
+    workload: data.Workload,
+    log_dir: Path,
+    consumer: bool,
+) -> tuple[float, dict[str, float], list[float]]:
+    """One verified run: (instances/s, server CPU ms/instance by component, latencies in s)."""
     files = [i.path for i in workload.instances]
     log_dir.mkdir(parents=True, exist_ok=True)
     received = log_dir / "consumer.txt"
     proc = start_consumer(server, received) if consumer else None
+    cpu_before = component_cpu_s(procs)
+    tree_before = tree_cpu_s(server.pid)
     try:
         with DirectoryWatcher(server.output_dir) as watcher:
             sent = send(server.port, files, SENDERS, log_dir)
             wait_visible(server, workload)
+            cpu_after = component_cpu_s(procs)
+            tree_after = tree_cpu_s(server.pid)
             if proc is not None:
                 poll_for(
                     lambda: len(received.read_text().splitlines()) >= len(files),
@@ -111,7 +135,12 @@ def run(
     if problems:
         raise SystemExit(f"BENCHMARK FAILED ({server.name}): " + "; ".join(problems[:5]))
     server.clear_output()
-    return len(files) / sent.wall_s, latencies
+    per_instance = {
+        proc: 1000 * (cpu_after[proc] - cpu_before.get(proc, 0.0)) / len(files)
+        for proc in cpu_after
+    }
+    per_instance["total"] = 1000 * (tree_after - tree_before) / len(files)
+    return len(files) / sent.wall_s, per_instance, latencies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,28 +160,34 @@ def main(argv: list[str] | None = None) -> int:
         servers.insert(0, BaselineStorscp(root / "baseline", args.baseline.resolve()))
     modes = [(s, False) for s in servers] + [(servers[-1], True)]
     rates: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     latencies: list[float] = []
     try:
+        procs: dict[str, list[tuple[str, int]]] = {}
         for server in servers:
             server.start()
+            procs[server.name] = components(server)
         for rnd in range(args.rounds):
             shift = rnd % len(modes)
             for server, consumer in modes[shift:] + modes[:shift]:
                 label = server.name + (" + consumer" if consumer else "")
-                rate, lat = run(server, workload, root / "logs" / f"{rnd}-{label}", consumer)
+                logs = root / "logs" / f"{rnd}-{label}"
+                rate, ms, lat = run(server, procs[server.name], workload, logs, consumer)
                 rates.setdefault(label, []).append(rate)
+                for proc, value in ms.items():
+                    cpu.setdefault(label, {}).setdefault(proc, []).append(value)
                 latencies += lat
-                log(f"round {rnd + 1}: {label}: {rate:.0f} instances/s")
+                log(f"round {rnd + 1}: {label}: {rate:.0f} instances/s, {ms['total']:.3f} CPU ms")
     finally:
         for server in servers:
             server.stop()
             server.empty_trash()
-    report = render(args, workload, rates, latencies)
+    report = render(args, workload, rates, cpu, latencies)
     print(report)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(report)
     (args.results.with_suffix(".json")).write_text(
-        json.dumps({"rates": rates, "latencies_s": latencies})
+        json.dumps({"rates": rates, "cpu_ms_per_instance": cpu, "latencies_s": latencies})
     )
     return 0
 
@@ -161,6 +196,7 @@ def render(
     args: argparse.Namespace,
     workload: data.Workload,
     rates: dict[str, list[float]],
+    cpu: dict[str, dict[str, list[float]]],
     latencies: list[float],
 ) -> str:
     lines = [
@@ -180,6 +216,19 @@ def render(
             f"| {label} | {med:.0f} ({min(values):.0f}-{max(values):.0f})"
             f" | {100 * (med / reference - 1):+.1f} % |"
         )
+    procs = sorted({p for by_proc in cpu.values() for p in by_proc} - {"total"})
+    lines += [
+        "",
+        "Server CPU ms per instance, median over rounds (the whole tree, then by component;"
+        " the consumer process is not the server's):",
+        "",
+        "| server | total | " + " | ".join(procs) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in procs) + " |",
+    ]
+    for label, by_proc in cpu.items():
+        cells = [f"{statistics.median(by_proc[p]):.3f}" if p in by_proc else "" for p in procs]
+        total = statistics.median(by_proc["total"])
+        lines.append(f"| {label} | {total:.3f} | " + " | ".join(cells) + " |")
     if latencies:
         ms = [1000 * v for v in latencies]
         lines += [
