@@ -10,7 +10,8 @@ one. Each batch is:
    order that cannot go back; both are committed, the second `replaced`;
 2. record the planned renames in the history's `pending` table (fsync);
 3. rename, then fsync each destination directory once;
-4. append the feed rows, with their seqs, and clear `pending` (fsync);
+4. append the feed rows, with their seqs, and clear `pending` (not fsynced:
+   the rows follow from `pending`, see History.append);
 5. only then are the messages returned for publishing and WRITE events.
 
 A crash between 2 and 4 is repaired at start by `recover_pending`. Never the
@@ -90,18 +91,27 @@ class Committer:
         durable in the history, in seq order.
         """
         published: list[bus.InstanceCommitted] = []
-        while True:
-            names = self._list_ready()
-            listed = set(names)
-            for name in list(announced):
-                if name not in listed:
-                    del announced[name]  # committed already (the bus was late)
-            plans, more = self._plan(names, announced, read_back)
+        # One listing serves every batch: whatever turns up meanwhile has a
+        # later token, and waits for the next call.
+        names = self._list_ready()
+        listed = set(names)
+        for name in list(announced):
+            if name not in listed:
+                del announced[name]  # committed already (the bus was late)
+        for name in list(self._unannounced):
+            if name not in listed:
+                del self._unannounced[name]
+        start = 0
+        while start < len(names):
+            batch = names[start : start + MAX_BATCH]
+            plans, taken, blocked = self._plan(batch, announced, read_back)
             self._mark_replacements(plans)
             if plans:
                 published += self._commit(plans)
-            if not more:
-                return published
+            if blocked:
+                break
+            start += taken
+        return published
 
     def _list_ready(self) -> list[str]:
         # Under the lock, a listed token means every smaller one is listed too.
@@ -112,27 +122,21 @@ class Committer:
 
     def _plan(
         self, names: list[str], announced: dict[str, bus.InstanceStored], read_back: bool
-    ) -> tuple[list[Pending], bool]:
-        """The next batch, and whether ready files beyond it can be taken now."""
+    ) -> tuple[list[Pending], int, bool]:
+        """The next batch from `names`: (plans, names used, stopped at an unannounced one)."""
         plans: list[Pending] = []
         now = time.monotonic()
-        listed = set(names)
-        for name in list(self._unannounced):
-            if name not in listed:
-                del self._unannounced[name]
         for i, name in enumerate(names):
-            if i >= MAX_BATCH:
-                return plans, True
             info = announced.pop(name, None)
             if info is None:
                 first_seen = self._unannounced.setdefault(name, now)
                 if not read_back and now - first_seen < DESCRIBE_GRACE_S:
-                    return plans, False  # its InstanceStored is probably on its way
+                    return plans, i, True  # its InstanceStored is probably on its way
             self._unannounced.pop(name, None)
             plan = self._plan_one(name, info)
             if plan is not None:
                 plans.append(plan)
-        return plans, False
+        return plans, len(names), False
 
     def _mark_replacements(self, plans: list[Pending]) -> None:
         """A second copy of a UID in one batch replaces the first, which is not there yet."""
@@ -213,6 +217,9 @@ class Committer:
         self._known_dirs.add(series_dir)
 
     def _commit(self, plans: list[Pending]) -> list[bus.InstanceCommitted]:
+        stamp = bus.now_iso()
+        for plan in plans:
+            plan.fields["time"] = stamp  # in the record: recovery says the same
         # 2. The write-ahead record: after a crash, recovery knows what may have moved.
         self.history.record_pending(plans)
         done: list[Pending] = []
@@ -230,21 +237,20 @@ class Committer:
         self.committed_total += len(messages)
         return messages
 
-    def record(self, done: list[Pending]) -> list[bus.InstanceCommitted]:
+    def record(self, done: list[Pending], durable: bool = False) -> list[bus.InstanceCommitted]:
         """Append committed renames to the history with their studies; clears `pending`."""
         boot, tick = self.arrival.now()
-        stamp = bus.now_iso()
         for plan in done:
             fields = plan.fields
             self.studies.add(
                 fields["study_instance_uid"],
                 fields["series_instance_uid"],
                 fields["calling_ae"],
-                stamp,
+                fields["time"],
                 boot,
                 tick,
             )
-        return self.history.append(done, self.studies.take_dirty_rows(), stamp)
+        return self.history.append(done, self.studies.take_dirty_rows(), durable=durable)
 
     def _rename(self, plan: Pending) -> None:
         src, dst = self.depot_dir / plan.ready_name, Path(plan.destination)

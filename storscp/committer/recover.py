@@ -34,7 +34,7 @@ def recover_pending(committer: Committer) -> list[bus.InstanceCommitted]:
     moved = [p for p in pending if not (committer.depot_dir / p.ready_name).exists()]
     # The renames may not be durable yet (no fsync after them): make them so first.
     fsync_destinations(moved, committer.storage_dir, committer.storage_fd)
-    messages = committer.record(moved)  # also clears `pending`
+    messages = committer.record(moved, durable=True)  # also clears `pending`
     log.info(
         "recovered an interrupted batch: %d renamed, %d still ready",
         len(moved),

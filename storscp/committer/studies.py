@@ -14,7 +14,7 @@ nothing, so the quiet period of a study left open starts again.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 NS_PER_S = 1_000_000_000
@@ -34,6 +34,13 @@ class OpenStudy:
     extra_series: int = 0
     last_boot: int = 0
     last_tick: int = 0
+
+
+def _row(study: OpenStudy) -> dict[str, Any]:
+    return {name: getattr(study, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(OpenStudy))
 
 
 class Studies:
@@ -81,7 +88,8 @@ class Studies:
 
     def take_dirty_rows(self) -> dict[str, str]:
         """open_study rows changed since the last call, for the history's transaction."""
-        rows = {uid: json.dumps(asdict(self._open[uid])) for uid in self._dirty}
+        # Not asdict(): it deep-copies the lists, on every batch.
+        rows = {uid: json.dumps(_row(self._open[uid])) for uid in self._dirty}
         self._dirty.clear()
         return rows
 

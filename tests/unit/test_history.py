@@ -24,6 +24,7 @@ def pending(i: int, directory: Path) -> Pending:
         "bytes": 1000 + i,
         "calling_ae": "AE",
         "replaced": False,
+        "time": "2026-11-30T10:00:00.000+00:00",
     }
     return Pending(f"t{i}_{uid}.ready", f"000001.{i:020d}", fields["path"], fields)
 
@@ -31,7 +32,7 @@ def pending(i: int, directory: Path) -> Pending:
 def fill(history: History, start: int, count: int, directory: Path) -> None:
     batch = [pending(i, directory) for i in range(start, start + count)]
     history.record_pending(batch)
-    history.append(batch, {}, bus.now_iso())
+    history.append(batch, {})
 
 
 def test_a_small_bound_drops_old_history_whole_and_says_where_it_starts(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_study_complete_closes_the_study_in_the_same_transaction(tmp_path: Path)
     history = History(tmp_path)
     batch = [pending(1, tmp_path)]
     history.record_pending(batch)
-    history.append(batch, {"1.2.9": '{"first_time": "a", "last_time": "b"}'}, "b")
+    history.append(batch, {"1.2.9": '{"first_time": "a", "last_time": "b"}'})
     assert list(history.open_studies()) == ["1.2.9"]
     fields = {
         "study_instance_uid": "1.2.9",
@@ -95,7 +96,7 @@ def test_lookup_answers_from_the_history_and_from_the_flat_layout(tmp_path: Path
     item = pending(1, config.storage_dir)
     Path(item.destination).write_bytes(b"x")
     history.record_pending([item])
-    history.append([item], {}, "t")
+    history.append([item], {})
     reader = HistoryReader(config.state_dir)
     found = find_stored(config, "1.2.3.1", reader)
     assert found is not None and (found.sop_class_uid, found.seq) == (df.CT, 1)
