@@ -5,7 +5,9 @@ empty delimiter frame). Each ReplayRequest gets one ReplayPage with up to
 REPLAY_PAGE_MAX messages read from the history database, which the
 committer writes. The live messages come from the committer's PUB socket;
 this is a process of its own so that a consumer replaying a long history
-costs the committer nothing, not even the GIL.
+costs the committer nothing, not even the GIL. It also checkpoints the
+history's WAL every second, which the committer would otherwise do inside a
+commit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 
 import zmq
 
@@ -30,6 +33,7 @@ from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "feed"
 POLL_MS = 200
+CHECKPOINT_INTERVAL_S = 1.0
 # A request is 2 frames after the envelope: no consumer needs more.
 MAX_REQUEST_FRAMES = 4
 
@@ -66,6 +70,14 @@ class Replayer:
             return _error_page(f"history not available: {exc}", msg.after)
         return bus.encode_page(page, messages)
 
+    def checkpoint(self) -> None:
+        """Fold the committer's WAL into the database (off the committer's path)."""
+        try:
+            if self._reader is not None or history_path(self.config.state_dir).exists():
+                self._open().checkpoint()
+        except (HistoryError, sqlite3.Error) as exc:
+            log.warning("checkpoint failed: %s", exc)
+
     def _open(self) -> HistoryReader:
         if self._reader is None:
             if not history_path(self.config.state_dir).exists():
@@ -79,7 +91,11 @@ def _error_page(reason: str, after: int = -1) -> list[bytes]:
 
 
 def serve(sock: zmq.Socket[bytes], replayer: Replayer, stop: StopFlag) -> None:
+    next_checkpoint = 0.0
     while not stop.requested.is_set():
+        if time.monotonic() >= next_checkpoint:
+            replayer.checkpoint()
+            next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
         if not sock.poll(POLL_MS):
             continue
         frames = sock.recv_multipart()
