@@ -52,6 +52,18 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
             "min_version",
         ),
         ('require_called_aet = "maybe"', "'require_called_aet'"),
+        ('layout = "by-patient"', "'layout'"),
+        ("study_quiet_s = -1", "'study_quiet_s'"),
+        ("feed_max_bytes = 1000", "'feed_max_bytes'"),
+        ("feed_max_age_s = -5", "'feed_max_age_s'"),
+        ('feed_live_endpoint = "tcp://localhost:7001"', "'feed_live_endpoint'"),
+        ('feed_replay_endpoint = "ipc://relative.sock"', "'feed_replay_endpoint'"),
+        ('feed_replay_endpoint = "tcp://127.0.0.1:0"', "'feed_replay_endpoint'"),
+        (
+            'feed_live_endpoint = "tcp://127.0.0.1:7001"\n'
+            'feed_replay_endpoint = "tcp://127.0.0.1:7001"',
+            "are equal",
+        ),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -71,6 +83,21 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_run_dir_too_long_for_a_socket(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="run_dir"):
         load(None, {"run_dir": "/tmp/" + "x" * 120})
+
+
+def test_state_dir_is_beside_the_storage_and_feed_keys_round_trip(tmp_path: Path) -> None:
+    keys = {
+        "layout": "study",
+        "study_quiet_s": "0",
+        "feed_max_bytes": "65536",
+        "feed_live_endpoint": "tcp://127.0.0.1:7001",
+        "feed_replay_endpoint": "ipc:///run/storscp/feed.sock",
+    }
+    config = load(None, keys, base_dir=tmp_path)
+    assert config.state_dir == tmp_path / "storage" / ".storscp"
+    path = tmp_path / "eff.toml"
+    path.write_text(config.to_toml())
+    assert load(path) == config
 
 
 def test_config_is_frozen() -> None:
