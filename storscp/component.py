@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from storscp import bus, depotfiles
+from storscp import bus, depotfiles, nodelock
 from storscp.arrival import Arrival
 from storscp.config import Config, ConfigError, load
 from storscp.errors import StorscpError
@@ -56,6 +56,31 @@ def make_outbox(proc: str, config: Config, *, to_committer: bool = False) -> Out
     return outbox
 
 
+def make_depot(config: Config) -> None:
+    """The depot with `dir_mode` (for a node, depot/ above its own too); OSError if not."""
+    for path in (config.depots_dir, config.depot_dir):
+        path.mkdir(mode=int(config.dir_mode), exist_ok=True)
+
+
+def claim_node(config: Config) -> int | None:
+    """With `node`: hold the node's lock for this process's life (see storscp.nodelock).
+
+    Returns the descriptor, which must stay open; StartupFailure while a
+    `storscp recover` of this node runs.
+    """
+    if not config.node:
+        return None
+    try:
+        return nodelock.hold_shared(config.depot_dir, int(config.file_mode))
+    except nodelock.NodeLockHeld as exc:
+        raise StartupFailure(ExitCode.UNAVAILABLE, str(exc)) from None
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"cannot open {nodelock.lock_path(config.depot_dir)}: {exc.strerror}",
+        ) from None
+
+
 def report_startup_failure(proc: str, exc: StartupFailure) -> int:
     """Say why on stderr (Supervisor's child log) and return the exit code."""
     print(f"storscp {proc}: {exc}", file=sys.stderr, flush=True)
@@ -68,7 +93,7 @@ def open_arrival(config: Config) -> Arrival:
     StartupFailure(CANTCREAT) if the state directory or boot counter cannot be written.
     """
     try:
-        config.state_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
+        config.state_dir.mkdir(mode=int(config.dir_mode), parents=True, exist_ok=True)
         return Arrival(config.state_dir, depotfiles.highest_boot(config.depot_dir))
     except OSError as exc:
         raise StartupFailure(

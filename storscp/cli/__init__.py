@@ -1,4 +1,4 @@
-"""The `storscp` command: run, start, stop, restart, status, config, logs, feed, echo.
+"""The `storscp` command: run, start, stop, restart, status, config, logs, feed, echo, recover.
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
@@ -11,7 +11,8 @@ traceback.
 Here: the parser and `main()`, the boundary that turns every refusal into a
 message and an exit code. `prepare` readies a start, `service` holds the
 commands that go through supervisord, `logs` reads the two log files,
-`feed` prints the stored-instance feed, `echo` checks another DICOM node.
+`feed` prints the stored-instance feed, `echo` checks another DICOM node,
+`nodes` serves several gateways on one storage (`recover`, `haproxy-check`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from storscp import __version__
 from storscp.cli.echo import add_echo_parser, cmd_echo
 from storscp.cli.feed import cmd_feed
 from storscp.cli.logs import cmd_logs
+from storscp.cli.nodes import cmd_haproxy_check, cmd_recover
 from storscp.cli.service import (
     STATUS_UNKNOWN,
     cmd_restart,
@@ -56,11 +58,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common(*, without: str = "") -> _Parser:
+    """-c and one flag per configuration key (but `without`)."""
     common = _Parser(add_help=False)
     common.add_argument("-c", "--config", type=Path, help="configuration file (TOML)")
     for key, (_kind, help_text) in KEYS.items():
-        common.add_argument(flag_for(key), dest=key, metavar=key.upper(), help=help_text)
+        if key != without:
+            common.add_argument(flag_for(key), dest=key, metavar=key.upper(), help=help_text)
+    return common
+
+
+def build_parser() -> _Parser:
+    common = _common()
 
     parser = _Parser(prog="storscp", description="DICOM Storage SCP service (C-ECHO, C-STORE).")
     parser.add_argument("--version", action="version", version=f"storscp {__version__}")
@@ -89,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feed.add_argument("-f", "--follow", action="store_true", help="then keep printing new ones")
     add_echo_parser(sub)
+    recover_help = "commit a dead node's acknowledged instances here (several gateways)"
+    # Here --node names the dead node; this node's own name comes from -c.
+    recover = sub.add_parser(
+        "recover", parents=[_common(without="node")], help=recover_help, description=recover_help
+    )
+    recover.add_argument("--node", dest="dead_node", required=True, metavar="NAME")
+    check_help = "print HAProxy's tcp-check lines for this ae_title (deploy/haproxy.cfg)"
+    sub.add_parser("haproxy-check", parents=[common], help=check_help, description=check_help)
     return parser
 
 
@@ -108,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     if command == "echo":
         return cmd_echo(args)  # another node: no configuration of ours involved
     failed = FAILED_PREFIX.get(command, "storscp: ")
-    overrides = {key: getattr(args, key) for key in KEYS}
+    overrides = {key: getattr(args, key, None) for key in KEYS}
     try:
         config = load(args.config, overrides)
         if command == "logs":
             return cmd_logs(config, args.follow, args.lines)
         if command == "feed":
             return cmd_feed(config, args.since, args.follow)
+        if command == "recover":
+            return cmd_recover(config, args.dead_node)
         return COMMANDS[command](config)
     except ConfigNotReadable as exc:
         if command in CONTROL_COMMANDS:
@@ -160,4 +179,5 @@ COMMANDS: dict[str, Callable[[Config], int]] = {
     "restart": cmd_restart,
     "status": cmd_status,
     "config": cmd_config,
+    "haproxy-check": cmd_haproxy_check,
 }

@@ -25,7 +25,9 @@ from storscp.committer.recover import recover_pending, remove_orphaned_parts
 from storscp.committer.studies import Studies
 from storscp.component import (
     StartupFailure,
+    claim_node,
     load_component_config,
+    make_depot,
     make_outbox,
     open_arrival,
     report_startup_failure,
@@ -147,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"An existing Storage SCP directory must be specified: {config.storage_dir}"
                 " does not exist or is not a directory",
             )
-        if not config.depot_dir.is_dir():
-            config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
+        make_depot(config)
+        # The descriptor stays open until we exit: `storscp recover --node` waits for us.
+        claim_node(config)
         arrival, history = open_state(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)

@@ -79,24 +79,28 @@ def prepare_storage(config: Config, account: Account | None) -> None:
         _give(storage, account)
     if not os.access(storage, os.W_OK | os.X_OK):
         raise CommandRefused(ExitCode.CANTCREAT, not_writable_message(config, storage, None))
-    depot = config.depot_dir
-    _mkdir("depot", depot, int(config.dir_mode))
-    if account is not None and depot.stat().st_uid != account.uid:
-        _give(depot, account)
+    for depot in dict.fromkeys((config.depots_dir, config.depot_dir)):  # a node's: both
+        _mkdir("depot", depot, int(config.dir_mode))
+        if account is not None and depot.stat().st_uid != account.uid:
+            _give(depot, account)
     prepare_state_dir(config, account)
 
 
 def prepare_state_dir(config: Config, account: Account | None) -> None:
-    """`<storage_dir>/.storscp`: the boot counter, arrival lock and feed history.
+    """`<storage_dir>/.storscp` (`/<node>` with `node`): boot counter, arrival lock, feed history.
 
     All of it is written by the components, so all of it is the component
     account's: a service first run as root and then with `user` hands over
-    the files too, or its committer could not write the history.
+    the files too, or its committer could not write the history. With
+    `node`, the shared `.storscp` above it is made the account's as well (as
+    the depot's parent is), so that every node's account can reach its own.
     """
     state = config.state_dir
     _mkdir("state directory", state, int(config.dir_mode))
     if account is None:
         return
+    if state.parent != config.storage_dir and state.parent.stat().st_uid != account.uid:
+        _give(state.parent, account)
     try:
         for directory, subdirs, files in os.walk(state):
             for name in [directory, *(os.path.join(directory, n) for n in subdirs + files)]:

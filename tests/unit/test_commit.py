@@ -10,44 +10,20 @@ from typing import Any
 
 import pytest
 
-from storscp import bus, depotfiles
-from storscp.arrival import Arrival, format_token
+from storscp import bus
+from storscp.arrival import format_token
 from storscp.committer.commit import QUARANTINE_SUFFIX, SUPERSEDED_SUFFIX, Committer
 from storscp.committer.recover import recover_pending
-from storscp.committer.studies import Studies
 from storscp.config import load
 from storscp.history import History, HistoryReader
+from support import committers
 from support import dicomfiles as df
-
-
-class RecordingOutbox:
-    """Collects events instead of sending them (the bus is tested elsewhere)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[bus.EventType, dict[str, bus.FieldValue]]] = []
-
-    def event(self, type_: bus.EventType, **fields: bus.FieldValue) -> None:
-        self.events.append((type_, fields))
-
-    def errors(self) -> list[dict[str, bus.FieldValue]]:
-        return [f for t, f in self.events if t == bus.EventType.ERROR]
+from support.committers import close
 
 
 def make_committer(tmp_path: Path, **keys: Any) -> Committer:
     config = load(None, {"storage_dir": str(tmp_path / "s"), **keys}, base_dir=tmp_path)
-    config.depot_dir.mkdir(parents=True, exist_ok=True)
-    config.state_dir.mkdir(exist_ok=True)
-    clock = Arrival(config.state_dir)
-    history = History(config.state_dir)
-    boot, tick = clock.now()
-    studies = Studies(config.study_quiet_s, history.open_studies(), boot, tick)
-    return Committer(config, RecordingOutbox(), history, clock, studies)  # type: ignore[arg-type]
-
-
-def close(committer: Committer) -> None:
-    committer.close()
-    committer.history.close()
-    committer.arrival.close()
+    return committers.make_committer(config)
 
 
 @pytest.fixture
@@ -57,12 +33,8 @@ def committer(tmp_path: Path) -> Iterator[Committer]:
     close(c)
 
 
-def put_ready(committer: Committer, source: Path, uid: str, token: str | None = None) -> str:
-    """A ready file as a receiver makes it: token and rename under the arrival lock."""
-    with committer.arrival.ordered():
-        name = depotfiles.ready_name(token or committer.arrival.take(), uid)
-        (committer.depot_dir / name).write_bytes(source.read_bytes())
-    return name
+def put_ready(committer: Committer, source: Path, uid: str, token: str = "") -> str:
+    return committers.put_ready(committer.arrival, committer.depot_dir, source, uid, token)
 
 
 def image(tmp_path: Path, seed: int, uid: str | None = None, name: str = "x") -> tuple[Path, str]:
@@ -118,7 +90,7 @@ def test_an_older_copy_found_after_a_newer_was_committed_is_set_aside_with_an_ev
     assert committer.commit_ready({}, read_back=True) == []
     assert committer.storage_dir.joinpath(f"{uid}.dcm").read_bytes() == b.read_bytes()
     assert os.listdir(committer.depot_dir) == [older + SUPERSEDED_SUFFIX]
-    [error] = committer.outbox.errors()  # type: ignore[attr-defined]
+    [error] = committers.recorded(committer).errors()
     assert error["what"] == "older copy set aside" and error["depot_file"] == older
 
 
