@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from storscp import bus, depotfiles
 from storscp.arrival import Arrival, parse_token
+from storscp.committer.counting import CommitCounter
 from storscp.committer.describe import describe
 from storscp.committer.studies import Studies
 from storscp.config import Config
@@ -43,6 +45,16 @@ MAX_BATCH = 256
 # A ready file whose InstanceStored has not arrived within this long is read
 # back from disk instead (its receiver died, or the message was dropped).
 DESCRIBE_GRACE_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Visible:
+    """What the metrics count of one instance made visible (counting.Visible)."""
+
+    replaced: bool
+    ready_ctime: float  # the rename to .ready, just before the receiver's Success
+    calling_ae: str
+    size_bytes: int
 
 
 class Committer:
@@ -67,7 +79,10 @@ class Committer:
         self._known_dirs: set[Path] = {self.storage_dir}
         # Ready files seen in the depot before their InstanceStored: name -> first seen.
         self._unannounced: dict[str, float] = {}
+        # When each planned ready file was made ready (its ctime), for the metrics.
+        self._ready_ctime: dict[str, float] = {}
         self.committed_total = 0
+        self.counter = CommitCounter(config)
 
     def close(self) -> None:
         os.close(self.storage_fd)
@@ -153,6 +168,7 @@ class Committer:
         try:
             if uid is None:
                 raise UIDError(f"{name} is not a ready file name")
+            ready_ctime = os.stat(src).st_ctime
             if info is None or info.depot_name != name:
                 info = describe(src, name, uid)
             dst = self._destination(uid, info)
@@ -189,6 +205,7 @@ class Committer:
             "calling_ae": info.calling_ae,
             "replaced": replaced,
         }
+        self._ready_ctime[name] = ready_ctime
         return Pending(name, token, str(dst), fields)
 
     def _destination(self, uid: str, info: bus.InstanceStored) -> Path:
@@ -235,6 +252,20 @@ class Committer:
         # 4. The feed rows, with the open studies they change, in one transaction.
         messages = self.record(done)
         self.committed_total += len(messages)
+        now = time.time()
+        self.counter.committed(
+            [
+                Visible(
+                    msg.replaced,
+                    self._ready_ctime.pop(plan.ready_name, now),
+                    msg.calling_ae,
+                    msg.bytes,
+                )
+                for plan, msg in zip(done, messages, strict=True)
+            ]
+        )
+        for plan in plans:
+            self._ready_ctime.pop(plan.ready_name, None)  # failed ones too
         return messages
 
     def record(self, done: list[Pending], durable: bool = False) -> list[bus.InstanceCommitted]:

@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             serve(config, committer, feed, sock, stop)
             # Graceful stop: what is ready now gets committed before we go.
+            committer.counter.metrics.heartbeat.stopped()
             drain(sock, announced)
             feed.publish(committer.commit_ready(announced, read_back=True))
         except sqlite3.Error as exc:
@@ -229,7 +230,9 @@ def serve(
     announced: dict[str, bus.InstanceStored] = {}
     next_sweep = time.monotonic() + config.depot_scan_interval_s
     next_prune = 0.0
+    heartbeat = committer.counter.metrics.heartbeat
     while not stop.requested.is_set():
+        heartbeat.beat()
         if sock.poll(WAITING_POLL_MS if committer.waiting else POLL_MS):
             collect(sock, announced)
         now = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from storscp import bus, depotfiles
@@ -26,7 +27,12 @@ class RecordingOutbox:
 
 
 def make_committer(config: Config) -> Committer:
-    """The committer of `config`'s node, with its depot, state, history and studies."""
+    """The committer of `config`'s node, with its depot, state, history and studies.
+
+    Without the metrics endpoint: its shared files live in a run_dir the
+    service would have prepared.
+    """
+    config = replace(config, metrics="")
     config.depot_dir.mkdir(parents=True, exist_ok=True)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     clock = Arrival(config.state_dir)
