@@ -169,8 +169,8 @@ KEYS: dict[str, tuple[type, str]] = {
     "dimse_timeout_s": (float, "time to receive one PDU"),
     "max_instance_bytes": (int, "refuse larger instances (0: no limit)"),
     "min_free_bytes": (int, "refuse stores below this free space"),
-    "file_mode": (Octal, "mode of stored files, octal"),
-    "dir_mode": (Octal, "mode of directories we create, octal"),
+    "file_mode": (Octal, 'mode of stored files, octal digits ("0640")'),
+    "dir_mode": (Octal, 'mode of directories we create, octal digits ("0750")'),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
@@ -216,13 +216,18 @@ def load(
     if path is not None:
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                text = fh.read().decode("utf-8")
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"{path}: configuration file not found") from None
         except PermissionError:
             raise ConfigNotReadable(f"{path}: configuration file is not readable") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for key in MODE_KEYS:
+            if isinstance(raw.get(key), int) and not isinstance(raw[key], bool):
+                # `640` and `0o640` are both ints once parsed; the text says which.
+                raw[key] = _mode_literal(text, key) or str(raw[key])
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
@@ -255,16 +260,7 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
             return _BOOL_WORDS[value.strip().lower()]
         raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
     if kind is Octal:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
-            return Octal(value)  # TOML's own octal integers: file_mode = 0o640
-        text = str(value).strip() if isinstance(value, str) else None
-        if text and re.fullmatch(r"0?o?[0-7]{3,4}", text):
-            mode = int(text.replace("o", ""), 8)
-            if mode <= 0o7777:
-                return Octal(mode)
-        raise ConfigError(
-            f'{source}: key {key!r} must be an octal mode string such as "0640", got {value!r}'
-        )
+        return _mode(source, key, value)
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
@@ -289,6 +285,59 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
     if isinstance(value, str):
         return value
     raise ConfigError(f"{source}: key {key!r} must be a string, got {value!r}")
+
+
+MODE_KEYS = ("file_mode", "dir_mode")
+# A mode as an admin writes it: "0640", "640", 0o640 (TOML octal) or 640 (octal digits).
+_MODE_RE = re.compile(r"(0o)?([0-9]+)")
+
+
+def _mode(source: str, key: str, value: Any) -> Octal:
+    """A permission mode from its spellings; digits are always octal, bits at most 0o777.
+
+    A bare TOML integer arrives as the text of its literal (see `load`), so
+    `file_mode = 640` means 0o640, not decimal 640 (which would be 0o1200).
+    """
+    if isinstance(value, Octal):
+        return value
+    text = value.strip().lower().replace("_", "") if isinstance(value, str) else ""
+    match = _MODE_RE.fullmatch(text.removeprefix("+"))
+    if match is None or not isinstance(value, str):
+        raise ConfigError(
+            f'{source}: key {key!r} must be an octal mode such as "0640", got {value!r}'
+        )
+    digits = match.group(2)
+    if set(digits) & {"8", "9"}:
+        raise ConfigError(
+            f'{source}: key {key!r} must be octal digits 0-7 such as "0640", got {value.strip()}'
+        )
+    mode = int(digits, 8)
+    if mode > 0o777:
+        raise ConfigError(
+            f"{source}: key {key!r} must be at most 0o777 (no setuid, setgid or sticky bit),"
+            f" got {value.strip()}"
+        )
+    return Octal(mode)
+
+
+def _mode_literal(text: str, key: str) -> str | None:
+    """How `key = <integer>` is written at the top of a TOML document, if found.
+
+    TOML octal (`0o640`) stays octal; a decimal literal (`640`) is returned
+    as its digits, which `_mode` reads as octal. Hexadecimal and binary
+    literals are numbers already, returned as octal text.
+    """
+    names = f"(?:{key}|\"{key}\"|'{key}')"
+    for line in text.splitlines():
+        if line.lstrip().startswith("["):
+            return None  # top-level keys come before the first table
+        found = re.match(rf"\s*{names}\s*=\s*([+]?[0-9a-zA-Z_]+)", line)
+        if found is not None:
+            literal = found.group(1).lower().replace("_", "").removeprefix("+")
+            if literal.startswith(("0x", "0b")):
+                return f"0o{int(literal, 0):o}"
+            return literal
+    return None
 
 
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

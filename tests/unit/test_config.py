@@ -116,3 +116,51 @@ def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
     config = load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path)
     assert (config.user, config.admin_group) == ("root", "root")
     assert load(None, base_dir=tmp_path).user == ""
+
+
+# -- issue 10.2: file and directory modes, as an admin writes them ----------------
+
+MODE_SPELLINGS = ['"0640"', '"640"', "0o640", "640", '"0o640"', "0o0640"]
+
+
+@pytest.mark.parametrize("spelling", MODE_SPELLINGS)
+def test_issue_10_modes_are_octal_however_they_are_written(tmp_path: Path, spelling: str) -> None:
+    # Given a mode written the way an admin writes it (the integer 640 too)
+    path = tmp_path / "s.toml"
+    path.write_text(f"file_mode = {spelling}\ndir_mode = {spelling.replace('64', '75')}\n")
+    # When loaded, then it is read as octal digits, and shown as such
+    config = load(path, base_dir=tmp_path)
+    assert (config.file_mode, config.dir_mode) == (0o640, 0o750)
+    assert 'file_mode = "0640"' in config.to_toml() and 'dir_mode = "0750"' in config.to_toml()
+
+
+@pytest.mark.parametrize("flag", ["0640", "640", "0o640"])
+def test_issue_10_mode_flags_are_octal(tmp_path: Path, flag: str) -> None:
+    assert load(None, {"file_mode": flag}, base_dir=tmp_path).file_mode == 0o640
+
+
+@pytest.mark.parametrize(
+    ("spelling", "why"),
+    [
+        ("1200", "at most 0o777"),  # what `file_mode = 640` used to become
+        ('"1640"', "at most 0o777"),
+        ("0o4750", "at most 0o777"),
+        ('"0o1777"', "at most 0o777"),
+        ("648", "octal digits 0-7"),
+        ('"0690"', "octal digits 0-7"),
+        ('"rw-r-----"', "octal mode"),
+        ("-640", "octal mode"),
+        ("6.4", "octal mode"),
+        ("true", "octal mode"),
+    ],
+)
+def test_issue_10_modes_beyond_0o777_or_not_octal_are_refused(
+    tmp_path: Path, spelling: str, why: str
+) -> None:
+    for key in ("file_mode", "dir_mode"):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(f"{key} = {spelling}\n")
+        with pytest.raises(ConfigError) as info:
+            load(path, base_dir=tmp_path)
+        assert str(info.value).startswith(f"{path}: key {key!r} must"), info.value
+        assert why in str(info.value)
