@@ -29,11 +29,12 @@ EFFECTIVE_CONFIG_NAME = "effective.toml"
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes with the NUL).
 MAX_IPC_PATH_BYTES = 100
 
-_AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
-_EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# \Z, not $: "$" also matches before a trailing newline ("STORSCP\n", ".dcm\n").
+_AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}\Z")
+_EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?\Z")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 # POSIX portable user and group names (useradd's default rule, plus a trailing $).
-_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?\Z")
 
 
 class ConfigError(StorscpError):

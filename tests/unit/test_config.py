@@ -52,6 +52,11 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
             "min_version",
         ),
         ('require_called_aet = "maybe"', "'require_called_aet'"),
+        # A trailing newline is not part of a valid value ("$" matched before it).
+        ('ae_title = "STORSCP\\n"', "'ae_title'"),
+        ('extension = ".dcm\\n"', "'extension'"),
+        ('host = "localhost\\n"', "'host'"),
+        ('[[remote_ae]]\nname = "X"\nae_title = "Y\\n"', "'ae_title'"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
