@@ -9,10 +9,8 @@ This module imports nothing from the process packages.
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import os
-import pwd
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -140,6 +138,11 @@ class Config:
     def bus_dir(self) -> Path:
         """The components' ZeroMQ sockets: writable by `user`, unlike run_dir."""
         return self.run_dir / "bus"  # bus.BUS_DIR_NAME; config.py must not import bus
+
+    @property
+    def source(self) -> str:
+        """Where the values came from (the file, "command line" or "defaults"), for errors."""
+        return self._source
 
     def is_explicit(self, key: str) -> bool:
         """Whether the file or a flag set `key` (else it is the default)."""
@@ -421,7 +424,12 @@ def _absolutise(config: Config, base_dir: Path) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Raise ConfigError naming the first bad key; nothing is touched on disk."""
+    """Raise ConfigError naming the first bad key.
+
+    Pure: whether the accounts exist and the TLS files can be read is the
+    environment's business, checked once by preflight (as the account that
+    will use them), never by every component that loads the Config.
+    """
     src = config._source
     if not _AE_TITLE_RE.match(config.ae_title) or "\\" in config.ae_title:
         raise ConfigError(
@@ -475,48 +483,17 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{src}: accept_any is false but no [[remote_ae]] is listed: nobody could connect"
         )
-    if config.tls is not None:
-        _validate_tls(src, config)
-    _validate_accounts(config)
+    if config.tls is not None and config.tls.port != 0 and config.tls.port == config.port:
+        raise ConfigError(f"{src}: [tls] port {config.tls.port} is the same as the plain 'port'")
+    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
+        if value and not _ACCOUNT_RE.match(value):
+            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
     longest = config.bus_dir / "committer.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
         raise ConfigError(
             f"{src}: key 'run_dir' is too long for a Unix socket path"
             f" ({len(str(longest).encode())} > {MAX_IPC_PATH_BYTES} bytes): {config.run_dir}"
         )
-
-
-def _validate_tls(src: str, config: Config) -> None:
-    tls = config.tls
-    assert tls is not None
-    if tls.port != 0 and tls.port == config.port:
-        raise ConfigError(f"{src}: [tls] port {tls.port} is the same as the plain 'port'")
-    for key in ("certificate", "private_key", "ca_file"):
-        path = getattr(tls, key)
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
-
-
-def _validate_accounts(config: Config) -> None:
-    """`user` and `admin_group` must name an account that exists here."""
-    src = config._source
-    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
-        if value and not _ACCOUNT_RE.match(value):
-            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
-    if config.user:
-        try:
-            pwd.getpwnam(config.user)
-        except KeyError:
-            raise ConfigError(
-                f"{src}: key 'user' names no user on this system: {config.user!r}"
-            ) from None
-    if config.admin_group:
-        try:
-            grp.getgrnam(config.admin_group)
-        except KeyError:
-            raise ConfigError(
-                f"{src}: key 'admin_group' names no group on this system: {config.admin_group!r}"
-            ) from None
 
 
 def _is_host(host: str) -> bool:

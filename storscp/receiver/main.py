@@ -16,8 +16,7 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
-from storscp.receiver.server import Receiver
-from storscp.receiver.tls import TlsSetupError
+from storscp.receiver.tls import TlsSetupError, make_tls_context
 from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "receiver"
@@ -65,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
 
     outbox = make_outbox(PROC, config, to_committer=True)
     try:
+        if config.tls is not None:
+            # Before pynetdicom's import (seconds on a busy machine): a key this
+            # account cannot read must fail within startsecs, so Supervisor
+            # marks it FATAL instead of restarting it for ever.
+            try:
+                make_tls_context(config.tls)
+            except TlsSetupError as exc:
+                outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=str(exc))
+                return report_startup_failure(PROC, StartupFailure(ExitCode.CONFIG, str(exc)))
+        from storscp.receiver.server import Receiver  # here: pynetdicom imports slowly
+
         receiver = Receiver(config, outbox)
         try:
             host, port, tls_port = receiver.listen()

@@ -8,6 +8,7 @@ expect).
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import cast
 
@@ -22,6 +23,16 @@ class TlsSetupError(StorscpError):
 
 
 def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    for key in ("certificate", "private_key", "ca_file"):
+        path = getattr(tls, key)
+        try:
+            if path is not None:
+                open(path, "rb").close()
+        except OSError as exc:
+            # OpenSSL would say "Permission denied" without saying which file.
+            raise TlsSetupError(
+                f"[tls] {key} {path} cannot be read by uid {os.geteuid()}: {exc.strerror}"
+            ) from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = VERSIONS[tls.min_version]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -14,7 +15,8 @@ import pytest
 
 from support import dicomfiles as df
 from support.scu import DCMTK_ENV
-from support.service import Service, short_tempdir
+from support.service import Service, poll_for, short_tempdir
+from support.users import interpreter_for_others, temporary_user, uid_of
 
 
 def openssl(*args: str) -> None:
@@ -188,3 +190,73 @@ def test_min_version_13_refuses_a_tls12_client(service_factory: type[Service], p
         context13.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         assert tls.version() == "TLSv1.3"
+
+
+def test_issue_10_a_key_only_root_can_read_stops_the_receiver_alone(
+    service_factory: type[Service], pki: Path, short_tmp: Path
+) -> None:
+    with temporary_user() as account:
+        interpreter = interpreter_for_others(account)
+        # Given a service whose components run as `user`, with a key that account can read
+        keys = short_tmp / "keys"
+        keys.mkdir()
+        for name in ("server.pem", "server.key"):
+            shutil.copy(pki / name, keys / name)
+        key = keys / "server.key"
+        os.chown(key, uid_of(account), -1)
+        key.chmod(0o600)
+        svc = service_factory(
+            user=account,
+            cli=interpreter.storscp,
+            env={**os.environ, **interpreter.env},
+            tls={"port": 0, "certificate": str(keys / "server.pem"), "private_key": str(key)},
+            receivers=1,
+        )
+        for path in (short_tmp, keys, svc.root):
+            path.chmod(0o755)
+        svc.storage_dir.mkdir()
+        os.chown(svc.storage_dir, uid_of(account), -1)
+        try:
+            check_only_the_receiver_needs_the_key(svc, account, key)
+        finally:
+            svc.stop()  # before the account goes away
+
+
+def check_only_the_receiver_needs_the_key(svc: Service, account: str, key: Path) -> None:
+    svc.start_daemon()
+    old = {e["pid"] for e in svc.events("START")}
+
+    # When the key becomes root's alone and every component restarts
+    os.chown(key, 0, -1)
+    svc.supervisorctl("restart", "all")
+
+    # Then the logger and the committer start as before: they never read the key
+    def started_anew(proc: str) -> bool:
+        return any(e["pid"] not in old for e in svc.events("START", proc=proc))
+
+    for proc in ("listener", "logger", "committer"):
+        poll_for(lambda proc=proc: started_anew(proc), 60, f"{proc} START again")
+    # and the receiver refuses, saying which file it cannot read, as whom
+    reason = f"[tls] private_key {key} cannot be read by uid {uid_of(account)}: Permission denied"
+    assert svc.wait_event("ERROR", 60, what="receiver cannot start")[-1]["reason"] == reason
+    poll_for(
+        lambda: all(p.state == "FATAL" for p in svc.program_processes("receiver")),
+        60,
+        "the receiver FATAL (it fails within startsecs, so it is not restarted for ever)",
+    )
+    assert not started_anew("receiver")
+    status = svc.command("status")
+    assert status.stdout.splitlines()[0] == "service degraded", status.stdout
+    receiver_lines = [line for line in status.stdout.splitlines() if "receiver" in line]
+    assert receiver_lines and all(f"exit status 78: {reason}" in line for line in receiver_lines)
+
+    # And a fresh start is refused before anything runs, naming key, file and account
+    assert svc.command("stop").returncode == 0
+    result = svc.command("start")
+    assert "Traceback" not in result.stderr
+    assert (result.returncode, result.stderr.strip()) == (
+        78,
+        f"start failed: invalid configuration: {svc.config_path}: [tls] key 'private_key':"
+        f" {key} is not readable by user {account} (uid {uid_of(account)})",
+    )
+    assert not svc.is_up()
