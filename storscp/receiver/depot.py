@@ -194,11 +194,29 @@ class PartFile:
         name = depotfiles.ready_name(uid)
         ready = self.path.with_name(name)
         os.rename(self.path, ready)
+        try:
+            os.fsync(depot_dir_fd)
+        except OSError:
+            self._take_back(ready)
+            raise
         self.path = ready
         self._ready = True
-        os.fsync(depot_dir_fd)
         self.close()
         return name
+
+    def _take_back(self, ready: Path) -> None:
+        """Undo the rename to the ready name: the rename is not durable, so the SCU
+        is told the store failed, and the committer must not publish it.
+
+        Best effort: if the sweep took the file in that instant, or the name
+        cannot be taken back (or a power cut loses the undo), the instance
+        appears although its SCU was told it failed; the SCU sends it again
+        and the new copy replaces it (README, "What it promises").
+        """
+        try:
+            os.rename(ready, self.path)
+        except OSError as exc:
+            log.error("%s stays ready after a failed depot fsync: %s", ready, exc)
 
     def close(self) -> None:
         """Close the file (releasing the flock); idempotent."""
