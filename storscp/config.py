@@ -90,6 +90,8 @@ class Config:
     receivers: int = 0
     # Reject an association whose Called AE Title is not ours.
     require_called_aet: bool = True
+    # Store instances of SOP classes pynetdicom does not list (private ones).
+    accept_unknown_sop_classes: bool = True
     # Accept any calling AE title; when false only those in [[remote_ae]].
     accept_any: bool = True
     # Associations served at once (all receivers); the next is "local limit exceeded".
@@ -166,6 +168,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "max_pdu_bytes": (int, "largest PDU we accept from a peer"),
     "receivers": (int, "receiver processes sharing the port (0: one per core)"),
     "require_called_aet": (bool, "reject a called AE title that is not ours"),
+    "accept_unknown_sop_classes": (bool, "store private and unknown SOP classes too"),
     "accept_any": (bool, "accept any calling AE title (else only [[remote_ae]])"),
     "max_associations": (int, "associations served at once"),
     "acse_timeout_s": (float, "wait for the association request"),

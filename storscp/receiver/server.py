@@ -55,7 +55,7 @@ class Receiver:
         self.services = ConnectionServices(
             config=config,
             outbox=outbox,
-            negotiator=Negotiator(config.max_pdu_bytes),
+            negotiator=Negotiator(config.max_pdu_bytes, config.accept_unknown_sop_classes),
             parts=self.parts,
             limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
             depot_dir_fd=self.depot_dir_fd,
