@@ -20,9 +20,7 @@ from storscp.receiver import dimse
 # Valid UIDs of every length parity (the odd ones get a NUL pad on the wire).
 components = st.one_of(st.just("0"), st.integers(1, 10**12).map(str))
 uids = (
-    st.lists(components, min_size=2, max_size=12)
-    .map(".".join)
-    .filter(lambda uid: len(uid) <= 64)
+    st.lists(components, min_size=2, max_size=12).map(".".join).filter(lambda uid: len(uid) <= 64)
 )
 message_ids = st.integers(0, 0xFFFF)
 ae_titles = st.text(
