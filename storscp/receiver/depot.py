@@ -82,6 +82,10 @@ def create_locked_part(depot_dir: Path, file_mode: int) -> tuple[int, Path]:
     return fd, path
 
 
+# Empty part files each receiver keeps ready (removed at stop).
+SPARE_PARTS = 4
+
+
 class PartPool:
     """Empty part files made ahead of need, shared by a receiver's connections.
 
@@ -95,7 +99,7 @@ class PartPool:
     other, removed at close (or, after a crash, by the committer's sweep).
     """
 
-    def __init__(self, depot_dir: Path, file_mode: int, size: int = 4) -> None:
+    def __init__(self, depot_dir: Path, file_mode: int, size: int = SPARE_PARTS) -> None:
         self.depot_dir = depot_dir
         self.file_mode = file_mode
         self.size = size

@@ -193,8 +193,10 @@ def test_control_characters_in_a_raw_association_request_never_reach_the_log_raw
     service: Service,
 ) -> None:
     # pynetdicom refuses to build these, so the request is written by hand.
+    peers = []
     for calling in (b"X\n2026 WRITE a=b", b'A"B=C\rD', b"\x1b[2J\x00\x85x"):
         with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+            peers.append(f"127.0.0.1:{sock.getsockname()[1]}")
             sock.sendall(associate_rq(b"STORSCP", calling))
             sock.settimeout(30)
             try:
@@ -205,6 +207,11 @@ def test_control_characters_in_a_raw_association_request_never_reach_the_log_raw
     # A normal association afterwards is logged, so the ones before have been too.
     assert echoscu(service.port).returncode == 0
     service.wait_event("ASSOCIATION", state="released", calling_ae="ECHOSCU")
+    # Each hostile request was logged, once, as the refusal it was (peer and reason).
+    for peer in peers:
+        [refused] = [e for e in service.events() if e.get("peer") == peer]
+        assert (refused.type, refused["what"]) == ("ERROR", "protocol error"), refused
+        assert refused["reason"].startswith("malformed A-ASSOCIATE-RQ"), refused
     assert_every_line_is_an_event(service)
     assert service.events("WRITE") == []
 
