@@ -43,18 +43,23 @@ def check_depot(config: Config) -> None:
         )
 
 
+def quiet_peer_libraries() -> None:
+    """Silence pynetdicom and pydicom, once imported (pydicom sets its level then).
+
+    They only decode what peers send here, so all they log or warn about is
+    a peer's bytes (a traceback for each non-ASCII AE title, a few lines
+    quoting each invalid UID): any client could fill our stderr log. A
+    refused request is already an ERROR event of ours with the library's
+    reason in it; refused contexts are counted in the ASSOCIATION event.
+    """
+    for library in ("pynetdicom", "pydicom"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_component_config(PROC, argv)
-        # pynetdicom and pydicom only decode what peers send here, so all they
-        # log or warn about is a peer's bytes (a traceback for each non-ASCII
-        # AE title, a few lines quoting each invalid UID): any client could
-        # fill our stderr log. A refused request is already an ERROR event of
-        # ours with the library's reason in it; refused contexts are counted
-        # in the ASSOCIATION event.
-        for library in ("pynetdicom", "pydicom"):
-            logging.getLogger(library).setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
         stop = StopFlag()
         stop.install()
         die_with_parent()
@@ -75,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 return report_startup_failure(PROC, StartupFailure(ExitCode.CONFIG, str(exc)))
         from storscp.receiver.server import Receiver  # here: pynetdicom imports slowly
 
+        quiet_peer_libraries()
         receiver = Receiver(config, outbox)
         try:
             host, port, tls_port = receiver.listen()
