@@ -77,12 +77,13 @@ def test_issue_10_a_file_that_cannot_be_committed_is_said_to_fail_at_a_bounded_r
     clock = Clock()
     committer.repeats = Repeats(retry_s=SWEEP_S, clock=clock)
     try:
-        # Given a ready file whose destination is taken by a directory
+        # Given a ready file whose destination is taken by a directory (made first:
+        # today's committer drops a ready file older than what is in its place)
         source = tmp_path / "ct.dcm"
         uid = df.make_image(source, df.CT, seed=5, rows=8, columns=8)
+        (config.storage_dir / f"{uid}.dcm" / "in-the-way").mkdir(parents=True)
         stuck = depotfiles.ready_name(uid)
         (config.depot_dir / stuck).write_bytes(source.read_bytes())
-        (config.storage_dir / f"{uid}.dcm" / "in-the-way").mkdir(parents=True)
         # When the committer sweeps every 2 s for an hour
         for _ in range(int(3600 / SWEEP_S)):
             committer.commit_batch([(name, None) for name in ready_names(config.depot_dir)])
