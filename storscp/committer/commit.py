@@ -20,6 +20,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from storscp import bus, depotfiles
+from storscp.committer.counting import CommitCounter
 from storscp.config import Config
 from storscp.outbox import Outbox
 from storscp.repeats import Repeats, still_failing_fields
@@ -35,6 +36,15 @@ class Committed:
     path: Path
     replaced: bool
     info: bus.InstanceStored
+    ready_ctime: float  # the rename to .ready, just before the receiver's Success
+
+    @property
+    def calling_ae(self) -> str:
+        return self.info.calling_ae
+
+    @property
+    def size_bytes(self) -> int:
+        return self.info.size_bytes
 
 
 class Committer:
@@ -47,6 +57,7 @@ class Committer:
         self.storage_dir = config.storage_dir
         self._storage_fd = os.open(self.storage_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.committed_total = 0
+        self.counter = CommitCounter(config)
         # A file that cannot be committed fails again at every sweep: back off, say it rarely.
         self.repeats = Repeats(retry_s=config.depot_scan_interval_s)
 
@@ -76,6 +87,7 @@ class Committer:
         if done:
             os.fsync(self._storage_fd)
             self.repeats.retry_all_now()
+        self.counter.committed(done)
         for item in done:
             self._report(item)
         self.committed_total += len(done)
@@ -124,7 +136,7 @@ class Committer:
         if info is None or info.depot_name != name:
             info = describe(src, name, uid, src_stat.st_size)
         os.replace(src, dst)
-        return Committed(dst, replaced, info)
+        return Committed(dst, replaced, info, src_stat.st_ctime)
 
     def _quarantine(self, src: Path, reason: str) -> None:
         """Set aside a depot file we must not commit, rather than lose it."""

@@ -23,7 +23,7 @@ from storscp.preflight import Account, named, not_writable_message
 _PROBE = """
 import os, sys
 import storscp.committer.main, storscp.logger.main, storscp.receiver.main
-import storscp.supervisor.listener
+import storscp.supervisor.listener, storscp.metrics.main
 mode, code = os.W_OK | os.X_OK, 3
 for path in sys.argv[1:]:
     if path == "--read":
