@@ -25,6 +25,7 @@ from storscp.config import load
 from storscp.outbox import Outbox
 from storscp.receiver.acse import Negotiator
 from storscp.receiver.connection import Connection, ConnectionServices
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import StoreLimits
@@ -127,6 +128,7 @@ def receiver_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connecti
             depot_dir_fd=depot_fd,
             admit=lambda assoc, host: (None, 0),
             association_ended=lambda slot: None,
+            counter=ReceiverCounter(config),
         )
     finally:
         parts.close()
