@@ -98,7 +98,10 @@ def instance(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes]:
 def receiver_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectionServices]:
     """What the Receiver shares with its connections, over a real depot and bus."""
     root = tmp_path_factory.mktemp("svc")
-    config = load(None, {"storage_dir": str(root / "storage"), "run_dir": str(root / "run")})
+    config = load(
+        None,
+        {"storage_dir": str(root / "storage"), "run_dir": str(root / "run"), "metrics": ""},
+    )
     config.depot_dir.mkdir(parents=True)
     config.bus_dir.mkdir(parents=True)
     context = zmq.Context()
