@@ -17,6 +17,9 @@ one. Each batch is:
 A crash between 2 and 4 is repaired at start by `recover_pending`. Never the
 wall clock, never a file's mtime: a stored file restored from a backup with
 a future mtime is simply replaced.
+
+A file that cannot be committed is retried with a backoff and said to fail
+once, then at a bounded rate (`storscp.repeats`), so it never floods the log.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from storscp.committer.studies import Studies
 from storscp.config import Config
 from storscp.history import History, Pending
 from storscp.outbox import Outbox
+from storscp.repeats import Repeats, still_failing_fields
 from storscp.uids import UIDError, storage_path, study_path
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ class Committer:
         self._ready_ctime: dict[str, float] = {}
         self.committed_total = 0
         self.counter = CommitCounter(config)
+        # A file that cannot be committed fails again at every sweep: back off, say it rarely.
+        self.repeats = Repeats(retry_s=config.depot_scan_interval_s)
 
     def close(self) -> None:
         os.close(self.storage_fd)
@@ -126,6 +132,7 @@ class Committer:
             if blocked:
                 break
             start += taken
+        self._remind()
         return published
 
     def _list_ready(self) -> list[str]:
@@ -142,6 +149,8 @@ class Committer:
         plans: list[Pending] = []
         now = time.monotonic()
         for i, name in enumerate(names):
+            if not self.repeats.due(name):
+                continue  # failed lately: tried again after its backoff
             info = announced.pop(name, None)
             if info is None:
                 first_seen = self._unannounced.setdefault(name, now)
@@ -151,6 +160,8 @@ class Committer:
             plan = self._plan_one(name, info)
             if plan is not None:
                 plans.append(plan)
+            elif name not in self.repeats.failing:
+                self.repeats.forget(name)  # set aside or gone: nothing to retry
         return plans, len(names), False
 
     def _mark_replacements(self, plans: list[Pending]) -> None:
@@ -249,6 +260,10 @@ class Committer:
             done.append(plan)
         # 3. One fsync per destination directory makes the renames durable.
         fsync_destinations(done, self.storage_dir, self.storage_fd)
+        for plan in done:
+            self.repeats.succeeded(plan.ready_name)
+        if done:
+            self.repeats.retry_all_now()  # whatever failed may work now
         # 4. The feed rows, with the open studies they change, in one transaction.
         messages = self.record(done)
         self.committed_total += len(messages)
@@ -306,9 +321,22 @@ class Committer:
         self.outbox.event(bus.EventType.ERROR, what=what, depot_file=src.name, reason=reason)
 
     def _failed(self, name: str, exc: OSError) -> None:
-        self.outbox.event(
-            bus.EventType.ERROR, what="commit failed", depot_file=name, reason=str(exc)
-        )
+        """The first failure of a file is said at once; repeats at a bounded rate."""
+        if self.repeats.failed(name, str(exc)):
+            self.outbox.event(
+                bus.EventType.ERROR, what="commit failed", depot_file=name, reason=str(exc)
+            )
+
+    def _remind(self) -> None:
+        """'Still failing since ...' for files that keep failing, at a bounded rate."""
+        reminder = self.repeats.reminder()
+        if reminder is not None:
+            self.outbox.event(
+                bus.EventType.ERROR,
+                what="commit failed",
+                depot_file=reminder.key,
+                **still_failing_fields(reminder),
+            )
 
 
 def _later(stored_token: str, token: str) -> bool:
