@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak fuzz bench bench-full bench-metrics bench-scaleout bench-commitment clean
+.PHONY: install run test lint unit system soak fuzz bench bench-full bench-feed bench-metrics bench-scaleout bench-commitment clean
 
 install:
 	scripts/bootstrap.sh
@@ -31,6 +31,13 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full --results bench/RESULTS.md
+
+# The feed's cost and speed (issue 11): receive rate with and without a feed
+# consumer (and, with BASELINE=<checkout with .venv>, that build's), feed latency.
+# Reports to bench/out/feed.md.
+bench-feed:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.feed $(if $(BASELINE),--baseline $(BASELINE))
 
 # What metrics cost the receive path (issue 13): off / on / scraped every second.
 bench-metrics:

@@ -1,12 +1,15 @@
 """The ZeroMQ wire protocol: endpoints, message classes, encode/decode.
 
-Everything that crosses a socket between storscp processes is defined here.
-Sockets are PUSH (senders connect) / PULL (the owner binds) over ipc in
-`<run_dir>/bus/`. A message is two frames: an ASCII kind, then UTF-8 JSON carrying a
-`"v"` version. Never pickle: decoding must not execute anything.
+Everything that crosses a socket between storscp processes, or from storscp
+to a feed consumer, is defined here. Internal sockets are PUSH (senders
+connect) / PULL (the owner binds) over ipc in `<run_dir>/bus/`. A message is
+two frames: an ASCII kind, then UTF-8 JSON carrying a `"v"` version. Never
+pickle: decoding must not execute anything.
 
 ZeroMQ is the doorbell, the depot is the queue: a lost `InstanceStored`
-costs latency (the committer's sweep finds the file), never data.
+costs latency (the committer's sweep finds the file), never data. Likewise
+for the feed: the history is the queue, the live PUB socket the doorbell; a
+consumer that misses a live message sees a gap in `seq` and replays it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ SEND_HWM = 10_000
 LINGER_MS = 1_000
 
 FieldValue = str | int | float | bool | None
+_JSON_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool, "tuple[str, ...]": tuple}
 
 
 class BusError(StorscpError):
@@ -47,10 +51,11 @@ class EventType(StrEnum):
 
 
 class Proc(StrEnum):
-    """The four component names, as in Supervisor and the `proc=` field."""
+    """The component names, as in Supervisor and the `proc=` field."""
 
     RECEIVER = "receiver"
     COMMITTER = "committer"
+    FEED = "feed"
     LOGGER = "logger"
     LISTENER = "listener"
     COMMITMENT = "commitment"
@@ -83,6 +88,20 @@ def receiver_endpoint(run_dir: Path, pid: int) -> str:
     return f"ipc://{run_dir}/{BUS_DIR_NAME}/receiver-{pid}.sock"
 
 
+FEED_LIVE_SOCKET = "feed-pub.sock"
+FEED_REPLAY_SOCKET = "feed-rep.sock"
+
+
+def feed_live_endpoint(run_dir: Path, configured: str = "") -> str:
+    """The committer's PUB socket (live feed): `feed_live_endpoint`, or ipc in bus/."""
+    return configured or f"ipc://{run_dir}/{BUS_DIR_NAME}/{FEED_LIVE_SOCKET}"
+
+
+def feed_replay_endpoint(run_dir: Path, configured: str = "") -> str:
+    """The feed process's ROUTER socket (replay): `feed_replay_endpoint`, or ipc in bus/."""
+    return configured or f"ipc://{run_dir}/{BUS_DIR_NAME}/{FEED_REPLAY_SOCKET}"
+
+
 def now_iso() -> str:
     """Local time with its UTC offset, millisecond precision."""
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
@@ -90,7 +109,11 @@ def now_iso() -> str:
 
 @dataclass(frozen=True, slots=True)
 class InstanceStored:
-    """Receiver -> committer: a durable ready file is in the depot."""
+    """Receiver -> committer: a durable ready file is in the depot.
+
+    Study, Series and Modality are what the receiver read from the dataset's
+    head: valid UIDs (and a bounded Modality) or "".
+    """
 
     depot_name: str
     sop_instance_uid: str
@@ -98,6 +121,9 @@ class InstanceStored:
     transfer_syntax_uid: str
     size_bytes: int
     calling_ae: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    modality: str = ""
 
     KIND = b"stored"
 
@@ -164,12 +190,127 @@ class ReportOutcome:
     KIND = b"sc-outcome"
 
 
-Message = InstanceStored | Event | CommitmentRequested | ReportOffered | ReportOutcome
+
+# -- the feed: committer (live, PUB) and feed process (replay) -> consumers ------------
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceCommitted:
+    """An instance became visible in storage (after the fsync that made it durable).
+
+    `seq` never repeats or goes back; `time` is when it was committed. No
+    patient demographics: identifiers only.
+    """
+
+    seq: int
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    transfer_syntax_uid: str
+    bytes: int
+    calling_ae: str
+    time: str
+    replaced: bool
+
+    KIND = b"instance"
+
+
+@dataclass(frozen=True, slots=True)
+class StudyComplete:
+    """No instance of the study was committed for `study_quiet_s`: one burst ended."""
+
+    seq: int
+    study_instance_uid: str
+    calling_aes: tuple[str, ...]
+    series: int
+    instances: int
+    first_time: str
+    last_time: str
+    time: str
+
+    KIND = b"study_complete"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHeartbeat:
+    """Committer -> consumers, every second: the newest `seq` in the history.
+
+    A consumer that missed the last live message notices it here, not only
+    when the next instance arrives.
+    """
+
+    seq: int
+
+    KIND = b"heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """Consumer -> feed process: the messages with a seq above `after`, up to `limit`."""
+
+    after: int
+    limit: int = 1000
+
+    KIND = b"replay"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    """Feed process -> consumer: first frame pair of a replay answer.
+
+    `count` feed messages follow as [kind, JSON] frame pairs, in seq order.
+    `history_start` is the oldest seq still kept (`last_seq` + 1 when the
+    history is empty). When `after` is older than that, nothing follows and
+    `error` says "history starts at N": the messages in between are gone.
+    When `after` is beyond `last_seq`, "history ends at N": this is not the
+    history the consumer followed (it was deleted and started again).
+    """
+
+    after: int
+    history_start: int
+    last_seq: int
+    count: int
+    error: str = ""
+
+    KIND = b"page"
+
+
+FeedMessage = InstanceCommitted | StudyComplete
+Message = (
+    InstanceStored
+    | Event
+    | FeedMessage
+    | FeedHeartbeat
+    | ReplayRequest
+    | ReplayPage
+    | CommitmentRequested
+    | ReportOffered
+    | ReportOutcome
+)
+REPLAY_PAGE_MAX = 1000
+
+_CLASSES: dict[bytes, type] = {
+    cls.KIND: cls
+    for cls in (
+        InstanceStored,
+        CommitmentRequested,
+        InstanceCommitted,
+        StudyComplete,
+        FeedHeartbeat,
+        ReplayRequest,
+        ReplayPage,
+    )
+}
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (InstanceStored, Event, CommitmentRequested, ReportOffered, ReportOutcome)
+    for cls in (Event, ReportOffered, ReportOutcome, *_CLASSES.values())
+}
+# The JSON type of every field of the flat messages (Event is checked on its own).
+_FIELD_TYPES: dict[type, dict[str, type]] = {
+    cls: {f.name: _JSON_TYPES[str(f.type)] for f in fields(cls)} for cls in _CLASSES.values()
 }
 
 
@@ -195,19 +336,11 @@ def decode(frames: list[bytes]) -> Message:
     if body.pop("v", None) != PROTOCOL_VERSION:
         raise BusError(f"unsupported protocol version in {kind!r}", frames)
     try:
-        if kind == InstanceStored.KIND:
-            stored = InstanceStored(**body)
-            _check_types(stored, frames)
-            return stored
         if kind == Event.KIND:
             body["type"] = EventType(body["type"])
             event = Event(**body)
             _check_event(event, frames)
             return event
-        if kind == CommitmentRequested.KIND:
-            requested = CommitmentRequested(**body)
-            _check_strings(requested, ("request_name",), frames)
-            return requested
         if kind == ReportOffered.KIND:
             offered = ReportOffered(**body)
             _check_offer(offered, frames)
@@ -217,9 +350,40 @@ def decode(frames: list[bytes]) -> Message:
             outcome = ReportOutcome(**body)
             _check_strings(outcome, ("request_name", "reason"), frames)
             return outcome
+        cls = _CLASSES.get(kind)
+        if cls is not None:
+            _check_types(cls, body, frames)
+            msg: Message = cls(**body)
+            return msg
     except (TypeError, ValueError, KeyError) as exc:
         raise BusError(f"malformed {kind!r} message: {exc}", frames) from None
     raise BusError(f"unknown message kind {kind!r}", frames)
+
+
+def encode_page(page: ReplayPage, messages: list[list[bytes]]) -> list[bytes]:
+    """A replay answer: the page's frames, then each message's [kind, JSON] frames."""
+    frames = encode(page)
+    for message in messages:
+        frames += message
+    return frames
+
+
+def decode_page(frames: list[bytes]) -> tuple[ReplayPage, list[FeedMessage]]:
+    """Inverse of encode_page; BusError unless it is a page followed by `count` feed messages."""
+    if len(frames) < 2 or len(frames) % 2:
+        raise BusError(f"a replay page has an even number of frames, got {len(frames)}", frames)
+    page = decode(frames[:2])
+    if not isinstance(page, ReplayPage):
+        raise BusError(f"expected a replay page, got {frames[0]!r}", frames)
+    messages: list[FeedMessage] = []
+    for i in range(2, len(frames), 2):
+        msg = decode(frames[i : i + 2])
+        if not isinstance(msg, InstanceCommitted | StudyComplete):
+            raise BusError(f"unexpected {frames[i]!r} in a replay page", frames)
+        messages.append(msg)
+    if len(messages) != page.count:
+        raise BusError(f"page announces {page.count} messages, holds {len(messages)}", frames)
+    return page, messages
 
 
 def _check_event(event: Event, frames: list[bytes]) -> None:
@@ -232,14 +396,21 @@ def _check_event(event: Event, frames: list[bytes]) -> None:
             raise BusError(f"event field {key!r} must be a scalar", frames)
 
 
-def _check_types(msg: InstanceStored, frames: list[bytes]) -> None:
-    _check_strings(
-        msg,
-        ("depot_name", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "calling_ae"),
-        frames,
-    )
-    if not _is_int(msg.size_bytes):
-        raise BusError("field size_bytes must be an integer", frames)
+def _check_types(cls: type, body: dict[str, Any], frames: list[bytes]) -> None:
+    """Every field present is of its JSON type (a bool is not an int); lists become tuples."""
+    for name, expected in _FIELD_TYPES[cls].items():
+        if name not in body:
+            continue  # a missing field is the constructor's to report (or default)
+        value = body[name]
+        if expected is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BusError(f"field {name} must be a list of strings", frames)
+            body[name] = tuple(value)
+        elif expected is int:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise BusError(f"field {name} must be an integer", frames)
+        elif not isinstance(value, expected):
+            raise BusError(f"field {name} must be a {expected.__name__}", frames)
 
 
 def _check_strings(msg: Message, names: tuple[str, ...], frames: list[bytes]) -> None:

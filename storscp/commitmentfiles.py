@@ -149,7 +149,7 @@ class RequestStore:
         Failure Reason 0x0131.
         """
         uid = request.transaction_uid
-        tmp = self.directory / f"{TMP_PREFIX}{depotfiles.new_token()}"
+        tmp = self.directory / f"{TMP_PREFIX}{depotfiles.unique_name()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_mode)
         try:
             try:
@@ -167,7 +167,7 @@ class RequestStore:
                 except FileExistsError:
                     duplicate = True
             if duplicate:
-                name = f"{uid}{DUPLICATE_MARK}{depotfiles.new_token()}{SUFFIX}"
+                name = f"{uid}{DUPLICATE_MARK}{depotfiles.unique_name()}{SUFFIX}"
                 os.rename(tmp, self.directory / name)
             self._fsync_dir(self.directory)
         finally:
@@ -229,7 +229,7 @@ class RequestStore:
             try:
                 os.link(other.directory / name, self.directory / target)
             except FileExistsError:
-                target = f"{name[: -len(SUFFIX)]}{DUPLICATE_MARK}{depotfiles.new_token()}{SUFFIX}"
+                target = f"{name[: -len(SUFFIX)]}{DUPLICATE_MARK}{depotfiles.unique_name()}{SUFFIX}"
                 os.link(other.directory / name, self.directory / target)
             except FileNotFoundError:
                 continue

@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from storscp import bus, nodelock
+from storscp import bus, depotfiles, nodelock
+from storscp.arrival import Arrival
 from storscp.commitmentfiles import RequestStore
 from storscp.config import Config, ConfigError, load
 from storscp.errors import StorscpError
@@ -126,3 +127,17 @@ def prepare_commitment_dir(config: Config) -> None:
         raise StartupFailure(ExitCode.CANTCREAT, f"cannot create {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartupFailure(ExitCode.CANTCREAT, f"{path} is not writable by uid {os.geteuid()}")
+
+
+def open_arrival(config: Config) -> Arrival:
+    """The arrival clock of this node's depot; makes `state_dir` if it is missing.
+
+    StartupFailure(CANTCREAT) if the state directory or boot counter cannot be written.
+    """
+    try:
+        config.state_dir.mkdir(mode=int(config.dir_mode), parents=True, exist_ok=True)
+        return Arrival(config.state_dir, depotfiles.highest_boot(config.depot_dir))
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot use state directory {config.state_dir}: {exc}"
+        ) from None

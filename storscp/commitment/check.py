@@ -1,12 +1,13 @@
 """The check behind a report: is each referenced instance stored, under that UID, with that class?
 
-"Stored" means what the committer made visible: `<storage_dir>/<UID><ext>`,
-whose file meta names the SOP Class the receiver checked against the
-dataset before it answered Success. An instance acknowledged but still in
-the depot (a ready file) is waited for, within `commitment_wait_s`, rather
-than reported missing a millisecond after it arrived. The depot is listed
-before the storage directory is looked at: a rename moves a file from one
-to the other atomically, so an acknowledged instance is always seen in one.
+"Stored" means what the committer made visible: `<storage_dir>/<UID><ext>`
+(or where the feed's history says, with `layout = "study"`), whose file
+meta names the SOP Class the receiver checked against the dataset before
+it answered Success. An instance acknowledged but still in the depot (a
+ready file) is waited for, within `commitment_wait_s`, rather than
+reported missing a millisecond after it arrived. The depot is listed before
+the storage directory is looked at: a rename moves a file from one to the
+other atomically, so an acknowledged instance is always seen in one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from storscp import depotfiles
 from storscp.commitmentinfo import Failure, FailureReason, Reference
 from storscp.config import Config
 from storscp.errors import StorscpError
-from storscp.uids import UIDError, storage_path
+from storscp.lookup import Locator
+from storscp.uids import UIDError
 
 # Our file meta is ~250 bytes; anything past this is not a file we wrote.
 META_READ_BYTES = 16 * 1024
@@ -43,16 +45,6 @@ class MetaError(StorscpError, ValueError):
 class CheckResult:
     committed: tuple[Reference, ...]
     failed: tuple[Failure, ...]
-
-
-def stored_path(config: Config, sop_instance_uid: str) -> Path:
-    """Where the committer keeps `sop_instance_uid`: the one lookup of the storage layout.
-
-    The flat layout is `<storage_dir>/<UID><ext>`. A layout that files by
-    study and series needs an index from UID to path (the feed's); it
-    belongs here, and nowhere else.
-    """
-    return storage_path(config.storage_dir, sop_instance_uid, config.extension)
 
 
 def stored_uids(path: Path) -> tuple[str, str]:
@@ -116,11 +108,11 @@ def ready_uids(depots_dir: Path) -> set[str]:
     return uids
 
 
-def classify(config: Config, reference: Reference, supported: frozenset[str]) -> Failure | None:
+def classify(locator: Locator, reference: Reference, supported: frozenset[str]) -> Failure | None:
     """None if `reference` is stored with that class, else the Failure to report."""
     sop_class, uid = reference
     try:
-        path = stored_path(config, uid)
+        path = locator.path(uid)
         found_class, found_uid = stored_uids(path)
     except FileNotFoundError:
         reason = (
@@ -157,15 +149,16 @@ def check_references(
     outcome: dict[int, Failure | None] = {}
     waiting = set(range(len(refs)))
     deadline = clock() + wait_s
-    while True:
-        in_depot = ready_uids(config.depots_dir)
-        for index in sorted(waiting):
-            if refs[index][1] not in in_depot:
-                outcome[index] = classify(config, refs[index], supported)
-                waiting.discard(index)
-        if not waiting or clock() >= deadline:
-            break
-        sleep(min(DEPOT_POLL_S, max(0.0, deadline - clock())))
+    with Locator(config) as locator:
+        while True:
+            in_depot = ready_uids(config.depots_dir)
+            for index in sorted(waiting):
+                if refs[index][1] not in in_depot:
+                    outcome[index] = classify(locator, refs[index], supported)
+                    waiting.discard(index)
+            if not waiting or clock() >= deadline:
+                break
+            sleep(min(DEPOT_POLL_S, max(0.0, deadline - clock())))
     for index in waiting:
         sop_class, uid = refs[index]
         outcome[index] = Failure(sop_class, uid, FailureReason.PROCESSING_FAILURE)

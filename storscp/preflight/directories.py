@@ -1,4 +1,4 @@
-"""run_dir, storage, depot and log directories: who may start, and what is created.
+"""run_dir, storage, depot, state and log directories: who may start, and what is created.
 
 Each directory storscp creates gets exactly its mode, whatever the umask;
 when the components run as `user`, the directories they write are given to
@@ -11,7 +11,7 @@ import grp
 import os
 from pathlib import Path
 
-from storscp.config import STATE_DIR_NAME, Config
+from storscp.config import Config
 from storscp.errors import CommandRefused, NotPermitted
 from storscp.exitcodes import ExitCode
 from storscp.preflight import STORAGE_DIR_MESSAGE, Account, not_writable_message
@@ -84,12 +84,37 @@ def prepare_storage(config: Config, account: Account | None) -> None:
         _mkdir("depot", depot, int(config.dir_mode))
         if account is not None and depot.stat().st_uid != account.uid:
             _give(depot, account)
-    # Durable state (pending Storage Commitment requests), a node's own.
-    state_root = config.storage_dir / STATE_DIR_NAME
-    for state in dict.fromkeys((state_root, config.state_dir, config.commitment_dir)):
-        _mkdir("state_dir", state, int(config.dir_mode))
-        if account is not None and state.stat().st_uid != account.uid:
-            _give(state, account)
+    prepare_state_dir(config, account)
+
+
+def prepare_state_dir(config: Config, account: Account | None) -> None:
+    """`<storage_dir>/.storscp` (`/<node>` with `node`): boot counter, arrival lock, feed
+    history, pending Storage Commitment requests.
+
+    All of it is written by the components, so all of it is the component
+    account's: a service first run as root and then with `user` hands over
+    the files too, or its committer could not write the history. With
+    `node`, the shared `.storscp` above it is made the account's as well (as
+    the depot's parent is), so that every node's account can reach its own.
+    """
+    state = config.state_dir
+    _mkdir("state directory", state, int(config.dir_mode))
+    # Pending Storage Commitment requests: a node's own, like the rest.
+    _mkdir("commitment directory", config.commitment_dir, int(config.dir_mode))
+    if account is None:
+        return
+    if state.parent != config.storage_dir and state.parent.stat().st_uid != account.uid:
+        _give(state.parent, account)
+    try:
+        for directory, subdirs, files in os.walk(state):
+            for name in [directory, *(os.path.join(directory, n) for n in subdirs + files)]:
+                if os.lstat(name).st_uid != account.uid:
+                    os.lchown(name, account.uid, account.gid)
+    except OSError as exc:
+        raise CommandRefused(
+            ExitCode.CANTCREAT,
+            f"state directory {state} cannot be given to user {account.name}: {exc.strerror}",
+        ) from None
 
 
 def prepare_log_dir(config: Config, account: Account | None) -> None:

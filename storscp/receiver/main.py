@@ -22,6 +22,7 @@ from storscp.component import (
     load_component_config,
     make_depot,
     make_outbox,
+    open_arrival,
     prepare_commitment_dir,
     report_startup_failure,
 )
@@ -102,6 +103,7 @@ def listen_failure(config: Config, outbox: Outbox, exc: OSError | TlsSetupError)
     return report_startup_failure(PROC, StartupFailure(code, reason))
 
 
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_component_config(PROC, argv)
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         check_depot(config)
         # The descriptor stays open until we exit: `storscp recover --node` waits for us.
         claim_node(config)
+        arrival = open_arrival(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         from storscp.receiver.server import Receiver  # the DICOM libraries, only now
 
         quiet_dicom_libraries()
-        receiver = Receiver(config, outbox, mailboxes, mail.endpoint)
+        receiver = Receiver(config, outbox, arrival, mailboxes, mail.endpoint)
         try:
             host, port, tls_port = receiver.listen()
         except (OSError, TlsSetupError) as exc:
@@ -166,4 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     finally:
         mail.stop()
+        # The arrival lock stays open until exit: a connection thread the drain
+        # left behind may still be making a file ready.
         outbox.close()

@@ -25,6 +25,11 @@ def config(tmp_path: Path) -> Config:
     return made
 
 
+
+def ready_file(uid: str) -> str:
+    """A ready name as a receiver makes it (the token's value does not matter here)."""
+    return depotfiles.ready_name("000001.00000000000000000001", uid)
+
 def stored(config: Config, uid: str, sop_class: str = CT) -> Path:
     """A file as the receiver writes it: preamble, our meta, a dataset."""
     path = config.storage_dir / f"{uid}.dcm"
@@ -73,7 +78,7 @@ def test_each_reference_gets_its_reason(config: Config) -> None:
 
 
 def test_an_instance_still_in_the_depot_is_waited_for(config: Config) -> None:
-    ready = config.depot_dir / depotfiles.ready_name("1.2.7")
+    ready = config.depot_dir / ready_file("1.2.7")
     ready.write_bytes(PREAMBLE + file_meta_bytes(CT, "1.2.7", "1.2.840.10008.1.2", "AE"))
 
     def commit() -> None:
@@ -92,7 +97,7 @@ def test_an_instance_left_in_the_depot_past_the_wait_is_a_processing_failure(
     config: Config,
 ) -> None:
     stored(config, "1.2.8")  # an older copy is in storage; the newer one must win
-    (config.depot_dir / depotfiles.ready_name("1.2.8")).write_bytes(b"")
+    (config.depot_dir / ready_file("1.2.8")).write_bytes(b"")
     result = check_references(config, [(CT, "1.2.8")], 0.2)
     assert result.failed == (Failure(CT, "1.2.8", FailureReason.PROCESSING_FAILURE),)
 
@@ -116,8 +121,8 @@ def test_every_nodes_depot_is_looked_at(tmp_path: Path) -> None:
     other = config.depots_dir / "gw2"
     other.mkdir(parents=True)
     config.depot_dir.mkdir()
-    (other / depotfiles.ready_name("1.2.9")).write_bytes(b"")
-    (config.depot_dir / depotfiles.ready_name("1.2.8")).write_bytes(b"")
+    (other / ready_file("1.2.9")).write_bytes(b"")
+    (config.depot_dir / ready_file("1.2.8")).write_bytes(b"")
     from storscp.commitment.check import ready_uids
 
     assert ready_uids(config.depots_dir) == {"1.2.8", "1.2.9"}

@@ -32,7 +32,15 @@ def test_every_program_restarts_and_starts_in_order(tmp_path: Path) -> None:
     procs = programs(options)
     order = sorted(procs, key=lambda name: procs[name].priority)  # type: ignore[attr-defined]
     # Supervisor starts by ascending priority and stops in reverse.
-    assert order == ["listener", "logger", "committer", "commitment", "receiver", "metrics"]
+    assert order == [
+        "listener",
+        "logger",
+        "committer",
+        "feed",
+        "commitment",
+        "receiver",
+        "metrics",
+    ]
     for pc in procs.values():
         assert pc.autorestart is RestartUnconditionally  # type: ignore[attr-defined]
         assert pc.stopasgroup and pc.killasgroup  # type: ignore[attr-defined]
