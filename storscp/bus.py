@@ -3,7 +3,9 @@
 Everything that crosses a socket between storscp processes, or from storscp
 to a feed consumer, is defined here. Internal sockets are PUSH (senders
 connect) / PULL (the owner binds) over ipc in `<run_dir>/bus/`. A message is
-two frames: an ASCII kind, then UTF-8 JSON carrying a `"v"` version. Never
+two frames: an ASCII kind, then UTF-8 JSON carrying a `"v"` version; only
+`InstanceStored`, the one message per instance on the C-STORE path, is a
+small binary record with its own version byte (see `_encode_stored`). Never
 pickle: decoding must not execute anything.
 
 ZeroMQ is the doorbell, the depot is the queue: a lost `InstanceStored`
@@ -15,6 +17,7 @@ consumer that misses a live message sees a gap in `seq` and replays it.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
@@ -314,8 +317,59 @@ _FIELD_TYPES: dict[type, dict[str, type]] = {
 }
 
 
+# InstanceStored on the wire: a version byte, size_bytes, then each string
+# field in this order as a 4-byte length and UTF-8. Per instance that is ~1 us
+# to encode and ~3 us to decode, against ~10 us each as JSON.
+STORED_VERSION = 1
+_STORED_HEAD = struct.Struct("<Bq")
+_LENGTH = struct.Struct("<L")
+_STORED_STRINGS = (
+    "depot_name",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "calling_ae",
+    "study_instance_uid",
+    "series_instance_uid",
+    "modality",
+)
+
+
+def _encode_stored(msg: InstanceStored) -> bytes:
+    parts = [_STORED_HEAD.pack(STORED_VERSION, msg.size_bytes)]
+    for name in _STORED_STRINGS:
+        raw = getattr(msg, name).encode("utf-8", errors="replace")
+        parts += (_LENGTH.pack(len(raw)), raw)
+    return b"".join(parts)
+
+
+def _decode_stored(frames: list[bytes]) -> InstanceStored:
+    payload = frames[1]
+    try:
+        version, size = _STORED_HEAD.unpack_from(payload)
+        if version != STORED_VERSION:
+            raise BusError(f"unsupported version {version} of a stored message", frames)
+        pos = _STORED_HEAD.size
+        strings: list[str] = []
+        for _ in _STORED_STRINGS:
+            (length,) = _LENGTH.unpack_from(payload, pos)
+            pos += _LENGTH.size
+            if pos + length > len(payload):
+                raise BusError("stored message ends inside a field", frames)
+            strings.append(payload[pos : pos + length].decode("utf-8"))
+            pos += length
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise BusError(f"malformed stored message: {exc}", frames) from None
+    if pos != len(payload):
+        raise BusError("stored message has trailing bytes", frames)
+    depot, uid, sop_class, syntax, calling, study, series, modality = strings
+    return InstanceStored(depot, uid, sop_class, syntax, size, calling, study, series, modality)
+
+
 def encode(msg: Message) -> list[bytes]:
-    """Message -> [kind, JSON] frames."""
+    """Message -> [kind, JSON] frames ([kind, binary record] for InstanceStored)."""
+    if type(msg) is InstanceStored:
+        return [msg.KIND, _encode_stored(msg)]
     # A shallow dict: asdict() deep-copies, which costs more than the JSON here.
     body: dict[str, Any] = {name: getattr(msg, name) for name in _FIELD_NAMES[type(msg)]}
     body["v"] = PROTOCOL_VERSION
@@ -327,6 +381,8 @@ def decode(frames: list[bytes]) -> Message:
     if len(frames) != 2:
         raise BusError(f"expected 2 frames, got {len(frames)}", frames)
     kind, payload = frames
+    if kind == InstanceStored.KIND:
+        return _decode_stored(frames)
     try:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
