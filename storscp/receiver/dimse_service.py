@@ -24,6 +24,7 @@ from storscp.receiver.commitment_requests import ActionDataset
 from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField
+from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.events import AssociationEvents, AssociationStats
 from storscp.receiver.pdu import ProtocolError
 from storscp.receiver.store import (
@@ -48,7 +49,7 @@ class DimseService:
         *,
         parts: PartPool,
         limits: StoreLimits,
-        depot_dir_fd: int,
+        depot_sync: DirectorySync,
         outbox: Outbox,
         events: AssociationEvents,
         stats: AssociationStats,
@@ -61,7 +62,7 @@ class DimseService:
         self.assoc = assoc
         self.parts = parts
         self.limits = limits
-        self.depot_dir_fd = depot_dir_fd
+        self.depot_sync = depot_sync
         self.outbox = outbox
         self.events = events
         self.stats = stats
@@ -154,7 +155,7 @@ class DimseService:
     def _complete_store(self, pending: PendingStore) -> None:
         command = pending.command
         try:
-            stored = finish_store(pending, self.depot_dir_fd)
+            stored = finish_store(pending, self.depot_sync)
         except StoreFailure as exc:
             self._store_failed(pending, exc.status, str(exc))
             return
