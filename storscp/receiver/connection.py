@@ -40,7 +40,6 @@ from storscp.receiver.counting import AbortReason, ReceiverCounter, reject_reaso
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import CommandSetError
 from storscp.receiver.dimse_service import DimseService
-from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.events import AssociationEvents, AssociationStats
 from storscp.receiver.pdu import ProtocolError
 from storscp.receiver.proxyproto import Network, is_trusted
@@ -75,7 +74,7 @@ class ConnectionServices:
     negotiator: Negotiator
     parts: PartPool
     limits: StoreLimits
-    depot_sync: DirectorySync
+    depot_dir_fd: int
     # (None, slots) lets an association in holding `slots`, else (why not, None).
     admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, Held | None]]
     # Gives back the slots that `admit` handed out.
@@ -143,7 +142,7 @@ class Connection:
                     assoc,
                     parts=self.services.parts,
                     limits=self.services.limits,
-                    depot_sync=self.services.depot_sync,
+                    depot_dir_fd=self.services.depot_dir_fd,
                     outbox=self.services.outbox,
                     events=self.events,
                     stats=self.stats,

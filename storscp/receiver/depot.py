@@ -6,9 +6,7 @@ come off the wire, unchanged, so memory stays bounded whatever the size. It
 holds an exclusive flock until closed, which tells the committer's sweep that
 a live receiver owns it. `make_ready()` fsyncs the file, renames it to its
 ready name (taking its arrival token under the arrival lock, see arrival.py)
-and fsyncs the depot directory (one fsync for the renames of every
-association that finished meanwhile, see dirsync.py): only then may Success
-be sent.
+and fsyncs the depot directory: only then may Success be sent.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from pathlib import Path
 
 from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, depotfiles
 from storscp.arrival import Arrival
-from storscp.receiver.dirsync import DirectorySync
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +214,7 @@ class PartFile:
         finally:
             view.release()
 
-    def make_ready(self, uid: str, depot: DirectorySync) -> str:
+    def make_ready(self, uid: str, depot_dir_fd: int) -> str:
         """fsync, rename to the ready name, fsync the depot; return the ready name.
 
         Raises the first OSError seen while receiving or here; the caller then
@@ -232,9 +229,8 @@ class PartFile:
             name = depotfiles.ready_name(self._arrival.take(), uid)
             ready = self.path.with_name(name)
             os.rename(self.path, ready)
-        ticket = depot.renamed()
         try:
-            depot.sync(ticket)
+            os.fsync(depot_dir_fd)
         except OSError:
             self._take_back(ready)
             raise

@@ -24,7 +24,6 @@ from storscp.receiver.commitment_requests import ActionDataset
 from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField
-from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.events import AssociationEvents, AssociationStats
 from storscp.receiver.pdu import ProtocolError
 from storscp.receiver.store import (
@@ -49,7 +48,7 @@ class DimseService:
         *,
         parts: PartPool,
         limits: StoreLimits,
-        depot_sync: DirectorySync,
+        depot_dir_fd: int,
         outbox: Outbox,
         events: AssociationEvents,
         stats: AssociationStats,
@@ -62,7 +61,7 @@ class DimseService:
         self.assoc = assoc
         self.parts = parts
         self.limits = limits
-        self.depot_sync = depot_sync
+        self.depot_dir_fd = depot_dir_fd
         self.outbox = outbox
         self.events = events
         self.stats = stats
@@ -155,7 +154,7 @@ class DimseService:
     def _complete_store(self, pending: PendingStore) -> None:
         command = pending.command
         try:
-            stored = finish_store(pending, self.depot_sync)
+            stored = finish_store(pending, self.depot_dir_fd)
         except StoreFailure as exc:
             self._store_failed(pending, exc.status, str(exc))
             return

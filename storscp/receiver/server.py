@@ -28,7 +28,6 @@ from storscp.receiver.commitment_requests import CommitmentRequests
 from storscp.receiver.connection import Connection, ConnectionServices
 from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
-from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.proxyproto import trusted_networks
 from storscp.receiver.slots import AssociationSlots, Held, RemoteAESlots
 from storscp.receiver.store import StoreLimits
@@ -59,7 +58,6 @@ class Receiver:
         self.outbox = outbox
         self.depot_dir = config.depot_dir
         self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.depot_sync = DirectorySync(self.depot_dir_fd)
         self.parts = PartPool(self.depot_dir, int(config.file_mode), arrival)
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
@@ -81,7 +79,7 @@ class Receiver:
             limits=StoreLimits(
                 config.max_instance_bytes, config.min_free_bytes, config.layout == "study"
             ),
-            depot_sync=self.depot_sync,
+            depot_dir_fd=self.depot_dir_fd,
             admit=self.admit,
             association_ended=self.association_ended,
             counter=self.counter,

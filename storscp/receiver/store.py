@@ -21,7 +21,6 @@ from storscp.errors import StorscpError
 from storscp.receiver import sopuids
 from storscp.receiver.depot import PartFile, PartPool, file_meta_bytes
 from storscp.receiver.dimse import Command
-from storscp.receiver.dirsync import DirectorySync
 from storscp.uids import UIDError, check_uid, strip_padding
 
 # Dataset bytes kept in memory to find the SOP UIDs without reading the file.
@@ -181,7 +180,7 @@ def _low_space(directory: Path, min_free_bytes: int) -> str:
     return f"min_free_bytes={min_free_bytes} not met: {free} bytes free in {directory}"
 
 
-def finish_store(pending: PendingStore, depot: DirectorySync) -> bus.InstanceStored:
+def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored:
     """Check the received instance and make it durable; raise StoreFailure if not.
 
     On return the ready file is fsynced in the depot: Success may be sent.
@@ -222,7 +221,7 @@ def finish_store(pending: PendingStore, depot: DirectorySync) -> bus.InstanceSto
     if pending.needs_study:
         _check_placeable(found, study, series)
     try:
-        name = part.make_ready(uid, depot)
+        name = part.make_ready(uid, depot_dir_fd)
     except OSError as exc:
         raise StoreFailure(
             status_for_os_error(exc), f"cannot make depot file durable: {exc}"

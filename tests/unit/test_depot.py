@@ -16,7 +16,6 @@ from storscp import depotfiles
 from storscp.arrival import Arrival, parse_token
 from storscp.committer.recover import remove_orphaned_parts
 from storscp.receiver.depot import PartFile, PartPool, create_locked_part, file_meta_bytes
-from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.sopuids import from_file as read_sop_uids
 from support import dicomfiles as df
 
@@ -57,7 +56,7 @@ def test_part_is_locked_and_becomes_a_durable_ready_file(
     assert found.sop_class_uid and found.sop_class_uid.rstrip("\x00") == df.CT
     assert found.sop_instance_uid and found.sop_instance_uid.rstrip("\x00") == uid
     dirfd = os.open(depot, os.O_RDONLY)
-    name = part.make_ready(uid, DirectorySync(dirfd))
+    name = part.make_ready(uid, dirfd)
     os.close(dirfd)
     assert depotfiles.uid_of_ready(name) == uid
     assert parse_token(name) is not None

@@ -18,7 +18,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from storscp.arrival import Arrival
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField
-from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.store import (
     StoreFailure,
     StoreLimits,
@@ -63,7 +62,7 @@ def test_issue_10_a_failed_depot_fsync_fails_the_store_and_leaves_nothing_ready(
     pending.take(memoryview(df.dataset_bytes(source)))
     # When the depot directory's fsync fails after the rename to the ready name
     with pytest.raises(StoreFailure) as info:
-        finish_store(pending, DirectorySync(unsyncable_fd))
+        finish_store(pending, unsyncable_fd)
     pending.discard()  # as the DIMSE service does after every store
     # Then the SCU gets a failure status, and the committer finds nothing to commit
     assert info.value.status == StoreStatus.PROCESSING_FAILURE

@@ -29,7 +29,6 @@ from storscp.receiver.commitment_requests import CommitmentRequests
 from storscp.receiver.connection import Connection, ConnectionServices
 from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
-from storscp.receiver.dirsync import DirectorySync
 from storscp.receiver.reader import PeerClosed, SocketReader
 from storscp.receiver.store import StoreLimits
 from support import dicomfiles as df
@@ -133,7 +132,7 @@ def receiver_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connecti
             negotiator=Negotiator(config.max_pdu_bytes),
             parts=parts,
             limits=StoreLimits(),
-            depot_sync=DirectorySync(depot_fd),
+            depot_dir_fd=depot_fd,
             admit=lambda assoc, host: (None, 0),
             association_ended=lambda slot: None,
             counter=ReceiverCounter(config),
