@@ -41,6 +41,13 @@ COMPONENT_MODULES = {
 }
 
 
+def as_from_a_terminal() -> None:
+    """preexec_fn: Ctrl-C works as in a terminal (SIGINT default, so Python maps it
+    to KeyboardInterrupt), even when this test run was started in the
+    background, where SIGINT arrives ignored and would stay ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def poll_for(
     predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> T:

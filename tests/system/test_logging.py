@@ -23,7 +23,7 @@ from storscp import __version__, bus
 from storscp.logger.lines import parse_line
 from support import dicomfiles as df
 from support.scu import echoscu, pynetdicom_store, storescu
-from support.service import STORSCP, Service, poll_for
+from support.service import STORSCP, Service, as_from_a_terminal, poll_for
 
 EVENT_TYPES = {"START", "ASSOCIATION", "WRITE", "ERROR"}
 PROCS = {"receiver", "committer", "feed", "commitment", "logger", "listener", "metrics"}
@@ -294,7 +294,10 @@ def start_follower(svc: Service, out_path: Path, err_path: Path) -> subprocess.P
     """`storscp logs -f -n 0`, printing into out_path once it is reading."""
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         follower = subprocess.Popen(
-            [STORSCP, "logs", "-f", "-n", "0", "-c", str(svc.config_path)], stdout=out, stderr=err
+            [STORSCP, "logs", "-f", "-n", "0", "-c", str(svc.config_path)],
+            stdout=out,
+            stderr=err,
+            preexec_fn=as_from_a_terminal,
         )
     # -n 0 prints nothing old, so an echo it prints shows it is reading; once it
     # has printed an echo's last line, it has printed every line written so far.
