@@ -55,7 +55,9 @@ def send(endpoint: str, count: int, rate: float) -> None:
         # Post what is due, then sleep a tick: the generator's own cost stays small.
         due = min(count, int((time.monotonic() - started) * rate) + 1)
         while seq < due:
-            outbox.event(bus.EventType.WRITE, run="bench", n=seq, path=f"/srv/dicom/1.2.3.{seq}.dcm")
+            outbox.event(
+                bus.EventType.WRITE, run="bench", n=seq, path=f"/srv/dicom/1.2.3.{seq}.dcm"
+            )
             seq += 1
         time.sleep(TICK_S)  # the load generator's pace, not a wait for a result
     outbox.close(timeout_s=120.0)
