@@ -13,6 +13,8 @@ same before and after a change of the protocol.
 
     .venv/bin/python -m bench.events                 # 20000 events at 5000/s, 3 rounds
     .venv/bin/python -m bench.events --count 50000 --rate 10000 --rounds 5
+    # before/after: each interpreter's own storscp install, rounds interleaved
+    .venv/bin/python -m bench.events --python /work/main/.venv/bin/python --python .venv/bin/python
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def count_lines(log_dir: Path, marker: bytes) -> int:
     return total
 
 
-def one_round(root: Path, count: int, rate: float) -> dict[str, float]:
+def one_round(root: Path, count: int, rate: float, python: str) -> dict[str, float]:
     """Start a logger, send, wait for every line, stop; CPU per event in µs."""
     log_dir, run_dir = root / "log", root / "run"
     (run_dir / "bus").mkdir(parents=True)
@@ -85,11 +87,13 @@ def one_round(root: Path, count: int, rate: float) -> dict[str, float]:
         f'log_dir = "{log_dir}"\nrun_dir = "{run_dir}"\nlog_max_bytes = 256000000\n'
         f'storage_dir = "{root}"\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # Each interpreter imports its own storscp: run this file as a script, not from the checkout.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     logger = subprocess.Popen(
-        [sys.executable, "-m", "storscp.logger", "-c", str(config)],
+        [python, "-m", "storscp.logger", "-c", str(config)],
         stderr=subprocess.DEVNULL,
         env=env,
+        cwd=root,  # `-m` imports from the working directory first
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -100,10 +104,11 @@ def one_round(root: Path, count: int, rate: float) -> dict[str, float]:
         logger_before = cpu_s_of(logger.pid)
         endpoint = f"ipc://{run_dir}/bus/logger.sock"
         out = subprocess.run(
-            [sys.executable, "-m", "bench.events", "--send", endpoint, str(count), str(rate)],
+            [python, str(Path(__file__).resolve()), "--send", endpoint, str(count), str(rate)],
             capture_output=True,
             text=True,
             env=env,
+            cwd=root,
             check=True,
             timeout=count / rate + 180,
         ).stdout
@@ -130,24 +135,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=5_000.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--python",
+        action="append",
+        help="interpreter whose storscp to measure (repeat to compare; default: this one)",
+    )
     parser.add_argument("--send", nargs=3, metavar=("ENDPOINT", "COUNT", "RATE"))
     args = parser.parse_args(argv)
     if args.send:
         send(args.send[0], int(args.send[1]), float(args.send[2]))
         return 0
-    rows = []
-    for _ in range(args.rounds):
-        root = Path(tempfile.mkdtemp(prefix="bev", dir="/tmp"))
-        try:
-            rows.append(one_round(root, args.count, args.rate))
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        print(json.dumps(rows[-1]), flush=True)
-    for key in ("sender_us", "logger_us"):
-        values = [r[key] for r in rows]
-        print(f"{key}: median {statistics.median(values):.1f} (min {min(values):.1f})")
-    complete = all(r["written"] == args.count for r in rows)
-    print(f"{args.count} events at {args.rate:.0f}/s per round; every one written: {complete}")
+    pythons: list[str] = [os.path.abspath(p) for p in args.python or [sys.executable]]
+    rows: dict[str, list[dict[str, float]]] = {p: [] for p in pythons}
+    for round_ in range(args.rounds):
+        for python in pythons[round_ % len(pythons) :] + pythons[: round_ % len(pythons)]:
+            root = Path(tempfile.mkdtemp(prefix="bev", dir="/tmp"))
+            try:
+                rows[python].append(one_round(root, args.count, args.rate, python))
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            print(python, json.dumps(rows[python][-1]), flush=True)
+    complete = True
+    for python, results in rows.items():
+        print(f"{python}: {args.count} events at {args.rate:.0f}/s, {len(results)} rounds")
+        for key in ("sender_us", "logger_us"):
+            values = [r[key] for r in results]
+            print(f"  {key}: median {statistics.median(values):.1f} (min {min(values):.1f})")
+        complete = complete and all(r["written"] == args.count for r in results)
+    print(f"every event written: {complete}")
     return 0 if complete else 1
 
 
