@@ -19,6 +19,8 @@ from storscp.logger.reader import read_lines
 
 from .service import poll_for, short_tempdir
 
+DISK_FULL = "No space left on device"
+
 
 class LoneLogger:
     def __init__(self, log_max_bytes: int = 64_000_000) -> None:
@@ -34,21 +36,23 @@ class LoneLogger:
         self.endpoint = bus.logger_endpoint(self.run_dir)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LoneLogger:
+    def start(self, disk_full: bool = False) -> LoneLogger:
+        """Start it; wait for its START line (`disk_full`: for it to say it cannot write)."""
         starts = len(self.lines("START", proc="logger"))
+        complaints = self.stderr().count(DISK_FULL)
+
+        def started() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                return True
+            if disk_full:
+                return self.stderr().count(DISK_FULL) > complaints
+            return len(self.lines("START", proc="logger")) > starts
+
         with open(self.root / "logger.err", "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "storscp.logger", "-c", str(self.config)], stderr=err
             )
-        poll_for(
-            lambda: (
-                len(self.lines("START", proc="logger")) > starts
-                or self.proc is None
-                or self.proc.poll() is not None
-            ),
-            30,
-            "the logger's START",
-        )
+        poll_for(started, 30, "the logger's START")
         assert self.proc.poll() is None, self.stderr()
         return self
 

@@ -23,10 +23,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import pytest
 from storscp import bus
 from storscp.logger.lines import parse_line
 from storscp.logger.reader import LogFollower
-from support.service import Service, poll_for
+from support.service import Service, poll_for, short_tempdir
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -194,10 +195,20 @@ def stop_start_logger(svc: Service) -> None:
     poll_for(lambda: svc.pid_of("logger") != pid, 60, "a new logger START", interval_s=0.1)
 
 
-@pytest.fixture
-def big_log_service(service_factory: type[Service]) -> Service:
-    # Files large enough that no probe event is overwritten by alternation.
-    return service_factory(log_max_bytes=64_000_000).start()
+@pytest.fixture(scope="module")
+def big_log_service() -> Iterator[Service]:
+    """One service for the tests below (each uses its own run marker); stopped at the end.
+
+    Files large enough that no probe event is overwritten by alternation.
+    """
+    root = short_tempdir()
+    (root / "svc").mkdir()
+    svc = Service(root / "svc", log_max_bytes=64_000_000)
+    try:
+        yield svc.start()
+    finally:
+        svc.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_sigkill_of_the_logger_under_load_loses_nothing(big_log_service: Service) -> None:
