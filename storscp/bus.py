@@ -36,6 +36,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from storscp.errors import StorscpError
+
 PROTOCOL_VERSION = 1
 
 # Bounded queues: a slow or absent peer must never make a sender block.
@@ -53,7 +55,7 @@ _ORIGIN_RE = re.compile(rb"[0-9]{1,10}-[0-9a-f]{8}")
 FieldValue = str | int | float | bool | None
 
 
-class BusError(Exception):
+class BusError(StorscpError):
     """Frames that are not a valid storscp message; keeps the raw frames."""
 
     def __init__(self, reason: str, frames: list[bytes]) -> None:
