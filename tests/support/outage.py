@@ -150,7 +150,13 @@ class Run:
 
     @property
     def timings(self) -> list[tuple[float, float]]:
+        """(sent at, answer time) of every C-STORE."""
         return [(float(t[0]), float(t[1])) for r in self.records for t in r["timings"]]
+
+    @property
+    def association_timings(self) -> list[tuple[float, float]]:
+        """(sent at, answer time) of every A-ASSOCIATE-RQ and A-RELEASE-RQ."""
+        return [(float(t[0]), float(t[1])) for r in self.records for t in r["association_timings"]]
 
     @property
     def failures(self) -> list[str]:

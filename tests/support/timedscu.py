@@ -5,9 +5,10 @@ per sender, so that senders do not share a GIL with each other or with the
 test. It stores the files round and round (the same UIDs again: the service
 replaces them) for SECONDS or until SIGTERM, or once through with SECONDS 0,
 and prints one
-JSON line: how many stores, how many failed, every answer time with when
-its request was sent (CLOCK_REALTIME, to line them up with what the test
-did meanwhile), the acknowledged UIDs, and for each association its local
+JSON line: how many stores, how many failed, every answer time (C-STORE,
+and apart A-ASSOCIATE and A-RELEASE) with when its request was sent
+(CLOCK_REALTIME, to line them up with what the test did meanwhile), the
+acknowledged UIDs, and for each association its local
 port and whether it was accepted or its release answered.
 `--per-association K` releases after K stores and opens a new association
 (more ASSOCIATION events). After a failure it reconnects.
@@ -43,6 +44,8 @@ class Record:
     failures: list[str] = field(default_factory=list)
     # [sent at (time.time()), answer time in seconds] of every store
     timings: list[tuple[float, float]] = field(default_factory=list)
+    # the same for every A-ASSOCIATE-RQ and A-RELEASE-RQ
+    association_timings: list[tuple[float, float]] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
     # local port -> "accepted", "released" (release answered) or "refused"
     associations: dict[int, str] = field(default_factory=dict)
@@ -123,8 +126,10 @@ class TimedSender:
             self.record.fail(f"connect: {exc}")
             return None
         port = assoc.sock.getsockname()[1]
+        sent_wall, sent = time.time(), time.monotonic()
         try:
             assoc.associate(calling_ae="TIMEDSCU", contexts=((df.CT, (EXPLICIT_LE,)),))
+            self.record.association_timings.append((sent_wall, time.monotonic() - sent))
         except (OSError, Aborted, Rejected) as exc:
             self.record.fail(f"association: {exc}")
             self.record.associations[port] = "refused"
@@ -137,8 +142,10 @@ class TimedSender:
     def _release(self) -> None:
         if self.assoc is None:
             return
+        sent_wall, sent = time.time(), time.monotonic()
         try:
             self.assoc.release()
+            self.record.association_timings.append((sent_wall, time.monotonic() - sent))
             self.record.associations[self.local_port] = "released"
         except (OSError, Aborted, AssertionError) as exc:
             self.record.fail(f"release: {exc}")
