@@ -7,6 +7,8 @@ and no event ever arrived again.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -88,3 +90,28 @@ def test_a_sender_holds_at_most_max_held_events_and_reports_what_it_dropped(
     assert error["what"] == "events dropped unacknowledged by the logger"
     assert error["dropped"] == str(extra) and error["held_max"] == str(eventstream.MAX_HELD)
     assert box.dropped == extra
+
+
+def test_events_that_died_with_a_killed_logger_go_to_the_next_one(
+    logger: LoneLogger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the new logger's handshake may trigger the resend here, not the last-resort timer.
+    monkeypatch.setattr(eventstream, "RESEND_MIN_S", 600.0)
+    box = Outbox("probe", {"logger": logger.endpoint}, linger_ms=30_000)
+    box.start()
+    try:
+        box.event(bus.EventType.WRITE, n=0)
+        poll_for(lambda: logger.lines("WRITE", proc="probe"), 30, "the first event")
+        # Given events that reached a logger which never wrote them (frozen, then killed)
+        assert logger.proc is not None
+        os.kill(logger.proc.pid, signal.SIGSTOP)
+        for n in range(1, 51):
+            box.event(bus.EventType.WRITE, n=n)
+        poll_for(lambda: box.queued == 0, 30, "the outbox to take the events")
+        logger.kill()
+        # When the next logger starts, then the sender sends them again, and they are written once
+        logger.start()
+        poll_for(lambda: len(logger.lines("WRITE", proc="probe")) >= 51, 30, "the 50 events")
+    finally:
+        box.close(timeout_s=60)
+    assert [int(p["n"]) for p in logger.lines("WRITE", proc="probe")] == list(range(51))
