@@ -14,13 +14,20 @@ behind it: an event that dies in a killed logger's queue is gone unless its
 sender still holds it. So each sender incarnation numbers its events
 (`EventSent`: seq, and `floor`, the oldest it still holds), keeps them until
 the logger says they are written (`Ack`), and sends them again after the
-logger restarts; the logger writes each (origin, seq) once, in order. PUSH
-has no way back for the acknowledgement; a second socket for it would need
-its own endpoint per sender. DEALER is as asynchronous as PUSH (the zguide:
-"like PUSH and PULL combined"), and the logger's ROUTER, which "drops
-messages it can't send anywhere" instead of blocking, can never be stalled
-by a frozen sender: acknowledgements are cumulative, so a dropped one is
-made good by the next. The sender's ZeroMQ routing id is its origin.
+logger restarts; the logger writes each (origin, seq) once, in order (the
+zguide's "Lazy Pirate" idea, resend until answered, made idempotent with
+sequence numbers).
+
+Why this pair: PUSH/PULL has no way back. A second socket would do
+(a PUB in the logger, a SUB per sender filtering on its origin; missing an
+ack is harmless since they are cumulative), but DEALER/ROUTER does it over
+one connection per sender: the ack comes back on the connection that
+carried the events, the ROUTER names the sender by its routing id (the
+origin), and that connection's handshake tells the sender a new logger is
+there. DEALER is as asynchronous as PUSH ("like PUSH and PULL combined",
+zguide ch. 3), and a ROUTER never blocks on a peer: messages "they can't
+send anywhere: they drop them silently", so a frozen sender cannot stall
+the logger, and the next cumulative ack makes good a dropped one.
 """
 
 from __future__ import annotations

@@ -224,6 +224,8 @@ def kill_a_receiver(svc: Service, files: list[list[Path]]) -> SenderLoss:
     print(loss.summary)
     # The instances are safe, and the committer's events for them all arrived.
     check_writes(svc, run, before_writes)
+    # The killed receiver's partial file goes with the committer's next sweep after its grace.
+    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to drain")
     return loss
 
 
