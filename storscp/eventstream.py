@@ -41,6 +41,7 @@ SEND_HWM = 1000
 RESEND_MIN_S = 5.0
 RESEND_MAX_S = 60.0
 MAX_ACKS_PER_SERVICE = 1000
+LOOK_INTERVAL_S = 0.01
 STDERR_INTERVAL_S = 10.0
 
 _Held = tuple[int, bytes]  # seq, the event's JSON frame
@@ -82,6 +83,8 @@ class EventStream:
         self._next_stderr = 0.0
         self.resend_after = RESEND_MIN_S
         self._resend_at: float | None = None
+        self._next_look = 0.0
+        self._blocked = False
 
     @property
     def held(self) -> int:
@@ -101,14 +104,22 @@ class EventStream:
             self._dropped_one()
 
     def service(self) -> None:
-        """Read acknowledgements and handshakes, resend if due, send what waits."""
-        if _readable(self.monitor):
-            self._read_monitor()
-        if _readable(self.sock):
-            self._read_acks()
-        if self._resend_at is not None and self.clock() >= self._resend_at:
-            self.resend_after = min(self.resend_after * 2, RESEND_MAX_S)
-            self._rewind()
+        """Send what waits; now and then read acknowledgements and handshakes, resend if due.
+
+        The look at the sockets is rationed (LOOK_INTERVAL_S): it costs, per
+        event at low rates, about a tenth of what sending costs, and nothing
+        in it is urgent. A flush that finds ZeroMQ's queue full looks at once.
+        """
+        now = self.clock()
+        if now >= self._next_look or self._blocked:
+            self._next_look = now + LOOK_INTERVAL_S
+            if _readable(self.monitor):
+                self._read_monitor()
+            if _readable(self.sock):
+                self._read_acks()
+            if self._resend_at is not None and now >= self._resend_at:
+                self.resend_after = min(self.resend_after * 2, RESEND_MAX_S)
+                self._rewind()
         self.flush()
 
     def flush(self) -> None:
@@ -123,8 +134,10 @@ class EventStream:
             try:
                 self.sock.send_multipart(bus.event_frames(body, seq, floor), zmq.NOBLOCK)
             except zmq.Again:
-                return  # the logger is slow or away: they wait here
+                self._blocked = True  # the logger is slow or away: they wait here
+                return
             self.sent.append(self.unsent.popleft())
+        self._blocked = False
 
     def wait(self, timeout_s: float) -> None:
         """Block until an acknowledgement or a handshake may have come, at most `timeout_s`."""

@@ -161,12 +161,9 @@ class Outbox:
                     return
                 self._handle(sockets, cast(tuple[str, bus.Message], item))
                 handled += 1
-                if handled >= BATCH:
+                if handled >= BATCH or self._queue.empty():
                     break  # the rest after the sockets' turn, in order
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
+                item = self._queue.get_nowait()  # the only taker: not empty means one is there
             self._report_refused()
             if stream is not None:
                 stream.service()
