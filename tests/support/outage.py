@@ -167,6 +167,11 @@ class Run:
         return Counter(uid for r in self.records for uid in r["acknowledged"])
 
     @property
+    def attempted(self) -> Counter[str]:
+        """Every store sent, answered with Success or not."""
+        return Counter(uid for r in self.records for uid in r["attempted"])
+
+    @property
     def associations(self) -> dict[int, str]:
         return {int(port): state for r in self.records for port, state in r["associations"].items()}
 

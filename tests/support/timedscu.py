@@ -8,7 +8,7 @@ and prints one
 JSON line: how many stores, how many failed, every answer time (C-STORE,
 and apart A-ASSOCIATE and A-RELEASE) with when its request was sent
 (CLOCK_REALTIME, to line them up with what the test did meanwhile), the
-acknowledged UIDs, and for each association its local
+acknowledged UIDs, every UID it tried, and for each association its local
 port and whether it was accepted or its release answered.
 `--per-association K` releases after K stores and opens a new association
 (more ASSOCIATION events). After a failure it reconnects.
@@ -47,6 +47,7 @@ class Record:
     # the same for every A-ASSOCIATE-RQ and A-RELEASE-RQ
     association_timings: list[tuple[float, float]] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
+    attempted: list[str] = field(default_factory=list)  # acknowledged or not
     # local port -> "accepted", "released" (release answered) or "refused"
     associations: dict[int, str] = field(default_factory=dict)
 
@@ -99,6 +100,7 @@ class TimedSender:
         if assoc is None:
             return
         sent_wall, sent = time.time(), time.monotonic()
+        self.record.attempted.append(instance.uid)
         try:
             cid = assoc.context_for(df.CT)
             status: int | None = assoc.c_store(

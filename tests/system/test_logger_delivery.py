@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import pytest
 from storscp import bus
 from storscp.logger.lines import parse_line
 from storscp.logger.reader import LogFollower
-from support.service import Service, poll_for, short_tempdir
+from support.service import Service, poll_for, running_service
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -201,14 +200,8 @@ def big_log_service() -> Iterator[Service]:
 
     Files large enough that no probe event is overwritten by alternation.
     """
-    root = short_tempdir()
-    (root / "svc").mkdir()
-    svc = Service(root / "svc", log_max_bytes=64_000_000)
-    try:
-        yield svc.start()
-    finally:
-        svc.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with running_service(log_max_bytes=64_000_000) as svc:
+        yield svc
 
 
 def test_sigkill_of_the_logger_under_load_loses_nothing(big_log_service: Service) -> None:

@@ -18,6 +18,9 @@ there.
 
     .venv/bin/python -m pytest -s tests/system/test_logger_outage.py            # make test's part
     .venv/bin/python -m pytest -s -m slow tests/system/test_logger_outage.py    # the measurements
+
+The killed receiver is a measurement only (`slow`): it asserts that every
+WRITE event arrives and reports the lost ASSOCIATION events.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from support.outage import (
     store_through,
     wait_writes,
 )
-from support.service import Service, poll_for, short_tempdir
+from support.service import Service, poll_for, running_service, short_tempdir
 
 SENDERS = 8
 FILES_PER_SENDER = 25
@@ -50,7 +53,7 @@ FREEZE_S = 2.0
 CONTROL_S = 3.0
 ASSOCIATION_STORES = 10
 # Seconds a killed receiver's missing events get to turn up after all.
-LATE_EVENTS_S = 10.0
+LATE_EVENTS_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -60,40 +63,36 @@ def files() -> Iterator[list[list[Path]]]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def new_service(root: Path) -> Service:
-    # Two receivers (one may be killed); files large enough to keep every line of a test.
-    (root / "svc").mkdir()
-    return Service(root / "svc", receivers=2, log_max_bytes=64_000_000).start()
-
-
-@pytest.fixture(scope="module")
-def shared_service() -> Iterator[Service]:
-    """One service for the quick tests below; each counts only what it did."""
-    root = short_tempdir()
-    svc = new_service(root)
-    try:
-        yield svc
-    finally:
-        svc.stop()
-        shutil.rmtree(root, ignore_errors=True)
+# Two receivers (one may be killed); files large enough to keep every line of a test.
+SERVICE_KEYS: dict[str, object] = {"receivers": 2, "log_max_bytes": 64_000_000}
 
 
 @pytest.fixture
-def own_service() -> Iterator[Service]:
-    root = short_tempdir()
-    svc = new_service(root)
-    try:
+def outage_service() -> Iterator[Service]:
+    with running_service(**SERVICE_KEYS) as svc:
         yield svc
-    finally:
-        svc.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def check_writes(svc: Service, run: Run, before: Counter[str]) -> None:
-    """Each acknowledged store was committed, and each commit's WRITE event is in the log."""
-    expected = before + run.acknowledged
-    wait_writes(svc, sum(expected.values()))
-    assert Counter(w["sop_instance_uid"] for w in svc.events("WRITE", proc="committer")) == expected
+    """Each acknowledged store was committed, and each commit's WRITE event is in the log.
+
+    A store that got no Success may have been committed too (its receiver was
+    killed after the file was durable, before the answer went out): per UID,
+    acknowledged <= WRITE events <= attempted.
+    """
+    least, most = before + run.acknowledged, before + run.attempted
+    wait_writes(svc, sum(least.values()))
+    # Late commits of unanswered stores: none once no ready file is left.
+    poll_for(
+        lambda: not any(n.endswith(".ready") for n in svc.depot_entries()),
+        60,
+        "every ready file committed",
+    )
+    written = writes(svc)
+    short = {uid: (written[uid], n) for uid, n in least.items() if written[uid] < n}
+    extra = {uid: (written[uid], n) for uid, n in written.items() if n > most[uid]}
+    assert not short, f"WRITE events missing (written, acknowledged): {short}"
+    assert not extra, f"WRITE events of stores never sent (written, attempted): {extra}"
 
 
 def writes(svc: Service) -> Counter[str]:
@@ -144,9 +143,9 @@ def answer_times(
 
 
 def test_c_store_answers_do_not_wait_for_a_frozen_or_killed_logger(
-    shared_service: Service, files: list[list[Path]]
+    outage_service: Service, files: list[list[Path]]
 ) -> None:
-    svc = shared_service
+    svc = outage_service
     freeze_s = 3.0
     answers = answer_times(
         svc,
@@ -168,9 +167,9 @@ def test_c_store_answers_do_not_wait_for_a_frozen_or_killed_logger(
 
 @pytest.mark.slow
 def test_c_store_answer_times_under_logger_outages_measurement(
-    own_service: Service, files: list[list[Path]]
+    outage_service: Service, files: list[list[Path]]
 ) -> None:
-    svc = own_service
+    svc = outage_service
     schedule: list[Callable[[], Window]] = []
     for _ in range(4):
         schedule += [
@@ -207,6 +206,10 @@ def kill_a_receiver(svc: Service, files: list[list[Path]]) -> SenderLoss:
         seen = {(e["state"], int(e["peer"].rsplit(":", 1)[1])) for e in lines}
         return expected - seen
 
+    # The instances are safe, and the committer's events for them all arrived;
+    # the killed receiver's partial file goes with a sweep once its grace is over.
+    check_writes(svc, run, before_writes)
+    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to drain")
     # What is still missing after a while is what died with the receiver.
     with contextlib.suppress(AssertionError):
         poll_for(lambda: not missing(), LATE_EVENTS_S, "every ASSOCIATION event")
@@ -222,31 +225,14 @@ def kill_a_receiver(svc: Service, files: list[list[Path]]) -> SenderLoss:
         f" ({', '.join(f'{s} {p}' for s, p in sorted(lost)) or 'none'})",
     )
     print(loss.summary)
-    # The instances are safe, and the committer's events for them all arrived.
-    check_writes(svc, run, before_writes)
-    # The killed receiver's partial file goes with the committer's next sweep after its grace.
-    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to drain")
     return loss
-
-
-def test_a_killed_receiver_loses_only_the_events_it_held_and_no_write(
-    shared_service: Service, files: list[list[Path]]
-) -> None:
-    loss = kill_a_receiver(shared_service, files)
-    # What it held unacknowledged: the last few tens of milliseconds of its events.
-    assert loss.events_missing <= MAX_LOST_BY_A_KILLED_SENDER, loss.summary
-
-
-# A receiver holds what it said in the last ACK_INTERVAL_S (20 ms) and what is
-# in flight; on two busy cores that has been up to a few (see the measurement).
-MAX_LOST_BY_A_KILLED_SENDER = 20
 
 
 @pytest.mark.slow
 def test_what_a_killed_receiver_loses_measurement(
-    own_service: Service, files: list[list[Path]]
+    outage_service: Service, files: list[list[Path]]
 ) -> None:
-    losses = [kill_a_receiver(own_service, files) for _ in range(5)]
+    losses = [kill_a_receiver(outage_service, files) for _ in range(5)]
     print(
         "kill -9 of a receiver, events lost per run:"
         f" {[(x.events_missing, x.events_expected) for x in losses]}"
