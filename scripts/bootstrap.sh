@@ -31,6 +31,7 @@ fi
 TEST_DEBS=(
     "storescu dcmtk"
     "Orthanc orthanc"
+    "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
 )
 
 apt_install() {

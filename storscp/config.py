@@ -34,6 +34,9 @@ _EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 # POSIX portable user and group names (useradd's default rule, plus a trailing $).
 _ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+# A node name becomes a directory name on the shared storage.
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+STATE_DIR_NAME = ".storscp"
 
 
 class ConfigError(StorscpError):
@@ -56,6 +59,8 @@ class RemoteAE:
     ae_title: str
     host: str | None = None
     port: int | None = None
+    # Associations of this AE (from this host) at once, across receivers; None: no own cap.
+    max_associations: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +123,30 @@ class Config:
     admin_group: str = ""
     # Run the components as this account (supervisord itself stays root).
     user: str = ""
+    # This gateway's name among several sharing one storage_dir (empty: the only one).
+    node: str = ""
+    # Connections must start with a PROXY header (v1 or v2) and come from trusted_proxies.
+    proxy_protocol: bool = False
+    # Addresses or networks (CIDR) of the load balancers allowed to send PROXY headers.
+    trusted_proxies: tuple[str, ...] = ()
     _source: str = field(default="defaults", compare=False, repr=False)
     _explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
-    def depot_dir(self) -> Path:
-        """Staging area inside the storage directory (same filesystem)."""
+    def depots_dir(self) -> Path:
+        """`<storage_dir>/depot`: the depot, or the parent of every node's own."""
         return self.storage_dir / "depot"
+
+    @property
+    def depot_dir(self) -> Path:
+        """Staging area inside the storage directory (same filesystem); a node's own."""
+        return self.depots_dir / self.node if self.node else self.depots_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """Durable per-node state (feed, commitment): beside storage, unlike run_dir."""
+        state = self.storage_dir / STATE_DIR_NAME
+        return state / self.node if self.node else state
 
     @property
     def receiver_count(self) -> int:
@@ -175,6 +197,9 @@ KEYS: dict[str, tuple[type, str]] = {
     "drain_timeout_s": (float, "how long a stop waits for associations"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
     "user": (str, "account the components run as (empty: the one starting them)"),
+    "node": (str, "this gateway's name when several share storage_dir (depot/<node>/)"),
+    "proxy_protocol": (bool, "connections start with a PROXY header from trusted_proxies"),
+    "trusted_proxies": (tuple, "load balancer addresses or CIDRs (comma-separated on a flag)"),
 }
 
 
@@ -187,6 +212,8 @@ def as_dict(config: Config) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, Octal):
             value = f"{value:04o}"
+        elif isinstance(value, tuple):
+            value = list(value)
         out[key] = value
     if config.remote_ae:
         out["remote_ae"] = [
@@ -282,6 +309,12 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
             return float(str(value))
         except ValueError:
             raise ConfigError(f"{source}: key {key!r} must be a number, got {value!r}") from None
+    if kind is tuple:
+        # A TOML array of strings, or one comma-separated string from a flag.
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(i, str) for i in items):
+            return tuple(i.strip() for i in items if i.strip())
+        raise ConfigError(f"{source}: key {key!r} must be a list of strings, got {value!r}")
     if kind is Path:
         if isinstance(value, str | Path) and str(value):
             return Path(value)
@@ -302,7 +335,7 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
     out = []
     for i, table in enumerate(value):
         where = f"{source}: [[remote_ae]] #{i + 1}"
-        extra = set(table) - {"name", "ae_title", "host", "port"}
+        extra = set(table) - {"name", "ae_title", "host", "port", "max_associations"}
         if extra:
             raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
         for key in ("name", "ae_title"):
@@ -316,7 +349,12 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
             raise ConfigError(f"{where}: key 'port' must be 1-65535")
         if not _AE_TITLE_RE.match(table["ae_title"]) or "\\" in table["ae_title"]:
             raise ConfigError(f"{where}: key 'ae_title' must be 1-16 printable ASCII characters")
-        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port))
+        limit = table.get("max_associations")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000
+        ):
+            raise ConfigError(f"{where}: key 'max_associations' must be 1-10000")
+        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port, limit))
     return tuple(out)
 
 
@@ -427,6 +465,7 @@ def validate(config: Config) -> None:
         )
     if config.tls is not None:
         _validate_tls(src, config)
+    _validate_scale_out(config)
     _validate_accounts(config)
     longest = config.bus_dir / "committer.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
@@ -445,6 +484,28 @@ def _validate_tls(src: str, config: Config) -> None:
         path = getattr(tls, key)
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
+
+
+def _validate_scale_out(config: Config) -> None:
+    """`node`, `proxy_protocol`, `trusted_proxies`: values only, no disk, no DNS."""
+    src = config._source
+    if config.node and (not _NODE_RE.match(config.node) or config.node in (".", "..")):
+        raise ConfigError(
+            f"{src}: key 'node' must be 1-63 letters, digits, '.', '_' or '-' (not first),"
+            f" got {config.node!r}"
+        )
+    for entry in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            raise ConfigError(
+                f"{src}: key 'trusted_proxies' must list IP addresses or networks such as"
+                f" 10.0.0.0/24 (no host bits set), got {entry!r}"
+            ) from None
+    if config.proxy_protocol and not config.trusted_proxies:
+        raise ConfigError(
+            f"{src}: proxy_protocol is true but trusted_proxies is empty: nobody could connect"
+        )
 
 
 def _validate_accounts(config: Config) -> None:

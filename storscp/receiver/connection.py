@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from storscp.config import Config
 from storscp.outbox import Outbox
-from storscp.receiver import dimse, pdu
+from storscp.receiver import dimse, pdu, proxyproto
 from storscp.receiver.acse import (
     APPLICATION_CONTEXT_NAME,
     Negotiated,
@@ -37,7 +37,9 @@ from storscp.receiver.dimse import CommandSetError
 from storscp.receiver.dimse_service import DimseService
 from storscp.receiver.events import AssociationEvents, AssociationStats
 from storscp.receiver.pdu import ProtocolError
+from storscp.receiver.proxyproto import Network, is_trusted
 from storscp.receiver.reader import PeerClosed, SocketReader
+from storscp.receiver.slots import Held
 from storscp.receiver.store import StoreLimits
 from storscp.receiver.tls import peer_subject
 
@@ -66,10 +68,12 @@ class ConnectionServices:
     parts: PartPool
     limits: StoreLimits
     depot_dir_fd: int
-    # (None, slot) lets an association in holding `slot`, else (why not, None).
-    admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, int | None]]
-    # Gives back the slot that `admit` handed out.
-    association_ended: Callable[[int], None]
+    # (None, slots) lets an association in holding `slots`, else (why not, None).
+    admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, Held | None]]
+    # Gives back the slots that `admit` handed out.
+    association_ended: Callable[[Held], None]
+    # With proxy_protocol: who may put a PROXY header before a connection.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 class Connection:
@@ -93,7 +97,7 @@ class Connection:
         self.reader = SocketReader(sock)
         self._command = bytearray()
         self._service: DimseService | None = None
-        self._slot: int | None = None
+        self._slot: Held | None = None
         self._stopping = False
 
     # -- life cycle ---------------------------------------------------------
@@ -103,6 +107,8 @@ class Connection:
         ending = "closed"
         reason = ""
         try:
+            if self.config.proxy_protocol and not self._proxy_header():
+                return
             if self.tls is not None and not self._handshake(self.tls):
                 return
             assoc = self._associate()
@@ -157,6 +163,40 @@ class Connection:
     def _close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def _proxy_header(self) -> bool:
+        """A trusted balancer's PROXY header, read within acse_timeout_s and before TLS;
+        False (and an ERROR, unless nothing at all was sent) if there is none.
+
+        From then on the header's address is the peer: admission, limits, events.
+        """
+        if not is_trusted(self.peer_host, self.services.trusted_proxies):
+            self.events.error(
+                "connection refused", "not from a trusted proxy (proxy_protocol is on)"
+            )
+            return False
+        timeout = self.config.acse_timeout_s
+        try:
+            header = proxyproto.read_header(self.sock, timeout)
+        except proxyproto.ClosedBeforeHeader:
+            return False  # a connect-only check: nothing was refused
+        except proxyproto.ProxyHeaderError as exc:
+            self.events.error("PROXY header refused", str(exc))
+            return False
+        except TimeoutError:
+            self.events.error(
+                "PROXY header refused", f"no complete PROXY header within acse_timeout_s={timeout}"
+            )
+            return False
+        except OSError as exc:
+            self.events.error("PROXY header refused", f"network error: {exc}")
+            return False
+        self.events.proxy = self.peer
+        if header.source is not None:
+            self.peer_host = header.source[0]
+            self.peer = self.events.peer = f"{header.source[0]}:{header.source[1]}"
+        self.events.quiet = header.local
+        return True
 
     def _handshake(self, context: ssl.SSLContext) -> bool:
         """TLS handshake within acse_timeout_s; False (and an ERROR) if it fails."""

@@ -10,7 +10,9 @@ import warnings
 from storscp import __version__, bus
 from storscp.component import (
     StartupFailure,
+    claim_node,
     load_component_config,
+    make_depot,
     make_outbox,
     report_startup_failure,
 )
@@ -32,7 +34,7 @@ def check_depot(config: Config) -> None:
             " does not exist or is not a directory",
         )
     try:
-        config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
+        make_depot(config)
     except OSError as exc:
         raise StartupFailure(
             ExitCode.CANTCREAT, f"cannot create depot {config.depot_dir}: {exc.strerror}"
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         die_with_parent()
         check_depot(config)
+        # The descriptor stays open until we exit: `storscp recover --node` waits for us.
+        claim_node(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 

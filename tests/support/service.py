@@ -87,6 +87,8 @@ def parse_supervisorctl_status(text: str) -> list[ProcessStatus]:
 
 
 def toml_value(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -103,13 +105,17 @@ class Service:
         *,
         cli: Sequence[str] = (STORSCP,),
         env: Mapping[str, str] | None = None,
+        storage_dir: Path | None = None,
         **keys: object,
     ) -> None:
-        """`cli` and `env` say how to run the storscp command (default: the venv's)."""
+        """`cli` and `env` say how to run the storscp command (default: the venv's).
+
+        `storage_dir`: another service's, for nodes that share one storage.
+        """
         self.root = root
         self.cli_argv = list(cli)
         self.env = dict(env) if env is not None else None
-        self.storage_dir = root / "storage"
+        self.storage_dir = storage_dir or root / "storage"
         self.log_dir = root / "log"
         self.run_dir = root / "run"
         self.keys: dict[str, object] = {
@@ -132,14 +138,22 @@ class Service:
 
     @property
     def depot_dir(self) -> Path:
-        return self.storage_dir / "depot"
+        """The depot, or this node's own with the `node` key (depot/<node>/)."""
+        node = str(self.keys.get("node", ""))
+        return self.storage_dir / "depot" / node if node else self.storage_dir / "depot"
 
     def write_config(self) -> None:
-        """Scalars first, then tables (dict values) and arrays of tables (lists of dicts)."""
-        lines = [
-            f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not isinstance(v, dict | list)
-        ]
+        """Scalars and arrays first, then tables and arrays of tables (lists of dicts)."""
+
+        def is_table(v: object) -> bool:
+            return isinstance(v, dict) or (
+                isinstance(v, list) and any(isinstance(i, dict) for i in v)
+            )
+
+        lines = [f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not is_table(v)]
         for key, value in self.keys.items():
+            if not is_table(value):
+                continue
             if isinstance(value, dict):
                 lines.append(f"[{key}]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
@@ -319,6 +333,8 @@ class Service:
             return []
         held = []
         for entry in os.scandir(self.depot_dir):
+            if entry.name.startswith("."):
+                continue  # a node's lock file, not an instance
             try:
                 if entry.name.endswith(".part") and entry.stat().st_size == 0:
                     continue
