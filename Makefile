@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak fuzz bench bench-full bench-scaleout clean
+.PHONY: install run test lint unit system soak fuzz bench bench-full bench-metrics bench-scaleout clean
 
 install:
 	scripts/bootstrap.sh
@@ -31,6 +31,11 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full --results bench/RESULTS.md
+
+# What metrics cost the receive path (issue 13): off / on / scraped every second.
+bench-metrics:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.metrics_cost
 
 # Issue 14: 4 senders straight to a node, through HAProxy to 1 node and to 2 nodes.
 bench-scaleout:

@@ -31,6 +31,7 @@ fi
 TEST_DEBS=(
     "storescu dcmtk"
     "Orthanc orthanc"
+    "prometheus prometheus"
     "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
 )
 

@@ -40,9 +40,27 @@ def load_component_config(proc: str, argv: list[str] | None) -> Config:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     try:
-        return load(args.config)
+        config = load(args.config)
     except ConfigError as exc:
         raise StartupFailure(ExitCode.CONFIG, str(exc)) from None
+    prepare_metrics_dir(config)
+    return config
+
+
+def prepare_metrics_dir(config: Config) -> None:
+    """prometheus_client writes there as soon as a metric is made: make sure it exists.
+
+    The CLI empties it when the service starts; this only covers a component
+    started some other way. Without `metrics` nothing is written anywhere.
+    """
+    if config.metrics_address is None:
+        return
+    try:
+        config.metrics_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot create {config.metrics_dir}: {exc.strerror}"
+        ) from None
 
 
 def make_outbox(proc: str, config: Config, *, to_committer: bool = False) -> Outbox:

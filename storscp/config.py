@@ -47,6 +47,7 @@ class Octal(int):
     """A permission mode; written and read as an octal string such as "0640"."""
 
 
+DEFAULT_METRICS = "127.0.0.1:9112"
 DEFAULT_FILE_MODE = Octal(0o640)
 DEFAULT_DIR_MODE = Octal(0o750)
 
@@ -123,6 +124,9 @@ class Config:
     admin_group: str = ""
     # Run the components as this account (supervisord itself stays root).
     user: str = ""
+    # HOST:PORT of the Prometheus endpoint and /healthz; empty: no endpoint.
+    # Loopback by default: the numbers name the modalities that talk to us.
+    metrics: str = DEFAULT_METRICS
     # This gateway's name among several sharing one storage_dir (empty: the only one).
     node: str = ""
     # Connections must start with a PROXY header (v1 or v2) and come from trusted_proxies.
@@ -152,6 +156,16 @@ class Config:
     def receiver_count(self) -> int:
         """How many receiver processes run: `receivers`, or one per CPU core."""
         return self.receivers or max(1, os.cpu_count() or 1)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics endpoint, or None when `metrics` is empty."""
+        return parse_address(self.metrics) if self.metrics else None
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus_client's per-process files (multiprocess mode), in bus_dir."""
+        return self.bus_dir / "metrics"
 
     @property
     def effective_path(self) -> Path:
@@ -197,6 +211,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "drain_timeout_s": (float, "how long a stop waits for associations"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
     "user": (str, "account the components run as (empty: the one starting them)"),
+    "metrics": (str, "HOST:PORT of the Prometheus endpoint and /healthz (empty: none)"),
     "node": (str, "this gateway's name when several share storage_dir (depot/<node>/)"),
     "proxy_protocol": (bool, "connections start with a PROXY header from trusted_proxies"),
     "trusted_proxies": (tuple, "load balancer addresses or CIDRs (comma-separated on a flag)"),
@@ -465,6 +480,7 @@ def validate(config: Config) -> None:
         )
     if config.tls is not None:
         _validate_tls(src, config)
+    _validate_metrics(config)
     _validate_scale_out(config)
     _validate_accounts(config)
     longest = config.bus_dir / "committer.sock"
@@ -484,6 +500,44 @@ def _validate_tls(src: str, config: Config) -> None:
         path = getattr(tls, key)
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); ValueError if it is neither."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("brackets are for IPv6 addresses")
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:9112")
+    if not sep or not host or not _is_host(host):
+        raise ValueError("expected HOST:PORT")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise ValueError("the port must be 0-65535")
+    return host, int(port_text)
+
+
+def _validate_metrics(config: Config) -> None:
+    src = config._source
+    if not config.metrics:
+        return
+    try:
+        host, port = parse_address(config.metrics)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{src}: key 'metrics' must be empty or HOST:PORT such as"
+            f' "{DEFAULT_METRICS}" ({exc}), got {config.metrics!r}'
+        ) from None
+    dicom_ports = {config.port} | ({config.tls.port} if config.tls else set())
+    if port != 0 and port in dicom_ports and _may_overlap(host, config.host):
+        raise ConfigError(f"{src}: key 'metrics' uses port {port}, which DICOM listens on")
+
+
+def _may_overlap(a: str, b: str) -> bool:
+    """Whether two listen addresses could collide on one port."""
+    wildcard = {"0.0.0.0", "::", ""}
+    return a == b or a in wildcard or b in wildcard
 
 
 def _validate_scale_out(config: Config) -> None:

@@ -28,6 +28,7 @@ import zmq
 
 from storscp import bus
 from storscp.eventstream import EventStream
+from storscp.instruments import events_dropped
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class Outbox:
         self.push_dropped = 0  # PUSH messages ZeroMQ would not take
         self.unacknowledged = 0  # events still held at close
         self.failure: str | None = None  # why the thread ended, if by accident
+        # storscp_events_dropped_total{component=proc, queue=...}: "outbox" for
+        # a refused post, the route for the logger's hold or a full PUSH queue.
+        self._dropped_metric = events_dropped()
+        self._stream_drops_counted = 0
 
     @property
     def dropped(self) -> int:
@@ -105,6 +110,7 @@ class Outbox:
             self._thread.join(timeout_s)
 
     def _refuse(self, route: str, msg: bus.Message) -> None:
+        self._dropped_metric.labels(self.proc, "outbox").inc()
         with self._lock:
             self.refused += 1
             now = time.monotonic()
@@ -167,6 +173,11 @@ class Outbox:
             self._report_refused()
             if stream is not None:
                 stream.service()
+                if stream.dropped > self._stream_drops_counted:
+                    self._dropped_metric.labels(self.proc, LOGGER_ROUTE).inc(
+                        stream.dropped - self._stream_drops_counted
+                    )
+                    self._stream_drops_counted = stream.dropped
 
     def _handle(self, sockets: dict[str, zmq.Socket[bytes]], item: tuple[str, bus.Message]) -> None:
         """One message; whatever goes wrong with it is counted and reported, never fatal."""
@@ -194,6 +205,7 @@ class Outbox:
             sock.send_multipart(bus.encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.push_dropped += 1
+            self._dropped_metric.labels(self.proc, route).inc()
             # The peer is gone or slow; the depot still holds the data.
             print(
                 f"storscp {self.proc}: {route} queue full, dropped {type(msg).__name__}: {msg}",
@@ -202,6 +214,7 @@ class Outbox:
             )
         except zmq.ZMQError as exc:
             self.push_dropped += 1
+            self._dropped_metric.labels(self.proc, route).inc()
             log.error("cannot send to %s: %s", route, exc)
 
     def _report_refused(self) -> None:

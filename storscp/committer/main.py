@@ -128,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         recovered = sweep(committer)
         outbox.event(bus.EventType.START, pid=os.getpid(), recovered=recovered)
         next_sweep = time.monotonic() + config.depot_scan_interval_s
+        heartbeat = committer.counter.metrics.heartbeat
         while not stop.requested.is_set():
+            heartbeat.beat()
             if sock.poll(POLL_MS):
                 committer.commit_batch(collect(sock))
             if time.monotonic() >= next_sweep:
                 sweep(committer)
                 next_sweep = time.monotonic() + config.depot_scan_interval_s
         # Graceful stop: what is ready now gets committed before we go.
+        heartbeat.stopped()
         committer.commit_batch(drain(sock))
         sweep(committer)
         return ExitCode.OK

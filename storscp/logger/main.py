@@ -30,6 +30,7 @@ from storscp import __version__, bus
 from storscp.component import StartupFailure, load_component_config, report_startup_failure
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.logger.counting import LogCounter
 from storscp.logger.lock import LogDirLocked, lock_log_dir
 from storscp.logger.logfile import AlternatingLog
 from storscp.logger.streams import Streams, Verdict, read_known
@@ -190,7 +191,7 @@ def known_senders(config: Config) -> Streams:
         return Streams()
 
 
-def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
+def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag, counter: LogCounter) -> None:
     """Write and acknowledge events until stopped, then until the senders are quiet."""
     acks = Acknowledger(sock, writer)
     while not stop.requested.is_set():
@@ -201,7 +202,10 @@ def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
             stop.requested.wait(POLL_MS / 1000)
         writer.tick()
         acks.send()
+        counter.update(writer)
+    counter.metrics.heartbeat.stopped()
     drain(sock, acks, writer, stop)
+    counter.update(writer)
 
 
 def drain(sock: zmq.Socket[bytes], acks: Acknowledger, writer: LogWriter, stop: StopFlag) -> None:
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         )
-        serve(sock, writer, stop)
+        serve(sock, writer, stop, LogCounter())
         return ExitCode.OK
     finally:
         writer.close()

@@ -70,6 +70,9 @@ class LogWriter:
         self.backlog_bytes = 0
         self.dropped = 0
         self.written = 0
+        # Totals for the metrics (`dropped` restarts at each recovery).
+        self.failures = 0
+        self.dropped_total = 0
         self._next_sync = clock() + SYNC_INTERVAL_S
 
     @property
@@ -179,6 +182,7 @@ class LogWriter:
     def _fail(self, exc: OSError) -> None:
         now = self.clock()
         reason = _reason(exc)
+        self.failures += 1
         self.failure = Failure(
             reason=reason,
             since_iso=bus.now_iso(),
@@ -197,6 +201,7 @@ class LogWriter:
     def _keep(self, waiting: _Waiting) -> None:
         if not self.accepting:
             self.dropped += 1
+            self.dropped_total += 1
             _line, origin, seq = waiting
             if origin is not None:
                 self.streams.reject(origin, seq)  # its sender still holds it: take it next time

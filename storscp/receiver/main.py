@@ -18,6 +18,7 @@ from storscp.component import (
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.instruments import HEARTBEAT_INTERVAL_S
 from storscp.receiver.server import Receiver
 from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
@@ -93,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             storage_dir=str(config.storage_dir),
             log_dir=str(config.log_dir),
         )
-        stop.wait()
+        heartbeat = receiver.counter.metrics.heartbeat
+        heartbeat.beat()  # accepting from now on
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            if receiver.accepting():
+                heartbeat.beat()  # stale when an acceptor or this thread is gone
+        heartbeat.stopped()  # accepting -> draining: /healthz says so at once
         aborted = receiver.stop(config.drain_timeout_s, stop.urgent)
         if aborted:
             outbox.event(

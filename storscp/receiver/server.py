@@ -23,6 +23,7 @@ from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.admission import admission_check, resolve_remote_hosts
 from storscp.receiver.connection import Connection, ConnectionServices
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.proxyproto import trusted_networks
 from storscp.receiver.slots import AssociationSlots, Held, RemoteAESlots
@@ -56,6 +57,7 @@ class Receiver:
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._acceptors: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.counter = ReceiverCounter(config)
         self.services = ConnectionServices(
             config=config,
             outbox=outbox,
@@ -65,6 +67,7 @@ class Receiver:
             depot_dir_fd=self.depot_dir_fd,
             admit=self.admit,
             association_ended=self.association_ended,
+            counter=self.counter,
             trusted_proxies=trusted_networks(config.trusted_proxies),
         )
 
@@ -106,6 +109,14 @@ class Receiver:
             )
             thread.start()
             self._acceptors.append(thread)
+
+    def accepting(self) -> bool:
+        """Listening, not stopping, and every acceptor thread alive."""
+        return (
+            bool(self._acceptors)
+            and not self._stopping.is_set()
+            and all(thread.is_alive() for thread in self._acceptors)
+        )
 
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():

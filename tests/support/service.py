@@ -29,12 +29,13 @@ T = TypeVar("T")
 
 STORSCP = str(Path(sys.executable).with_name("storscp"))
 SUPERVISORCTL = str(Path(sys.executable).with_name("supervisorctl"))
-COMPONENTS = ("listener", "logger", "committer", "receiver")
+COMPONENTS = ("listener", "logger", "committer", "receiver", "metrics")
 COMPONENT_MODULES = {
     "listener": "storscp.supervisor",
     "logger": "storscp.logger",
     "committer": "storscp.committer",
     "receiver": "storscp.receiver",
+    "metrics": "storscp.metrics",
 }
 
 
@@ -126,12 +127,15 @@ class Service:
             "run_dir": str(self.run_dir),
             "depot_scan_interval_s": 0.5,
             "drain_timeout_s": 5,
+            # The endpoint is on by default; a free port, so tests never collide.
+            "metrics": "127.0.0.1:0",
         }
         self.keys.update(keys)
         self.config_path = root / "storscp.toml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.tls_port = 0
+        self.metrics_port = 0
         self.pids: set[int] = set()
         self.supervisord_pids: set[int] = set()
         self.extension = str(self.keys.get("extension", ".dcm"))
@@ -175,7 +179,7 @@ class Service:
         poll_for(
             lambda: self._all_started(known) or self._died(),
             timeout_s,
-            "all four components to START",
+            "every component to START",
         )
         self._read_port()
         return self
@@ -196,7 +200,7 @@ class Service:
         self.supervisord_pids.add(self.proc.pid)
 
     def start_daemon(self, timeout_s: float = 30.0) -> Service:
-        """`storscp start`; returns once it said so and all four components STARTed."""
+        """`storscp start`; returns once it said so and every component STARTed."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._record_pids()
@@ -205,7 +209,7 @@ class Service:
         assert result.returncode == 0, f"storscp start: {result.stdout}{result.stderr}"
         assert result.stdout.strip().splitlines()[-1] == "start request issued", result.stdout
         self.supervisord_pids.add(self.supervisord_pid())
-        poll_for(lambda: self._all_started(known), timeout_s, "all four components")
+        poll_for(lambda: self._all_started(known), timeout_s, "every component to START")
         self._read_port()
         return self
 
@@ -215,6 +219,8 @@ class Service:
         self.port = int(receiver["port"])
         tls_port = receiver.get("tls_port")
         self.tls_port = int(tls_port) if tls_port else 0
+        metrics = self.last_start("metrics") if self.has_metrics else None
+        self.metrics_port = int(metrics["port"]) if metrics is not None else 0
 
     def receiver_count(self) -> int:
         """How many receiver processes this service runs (`receivers`, 0: one per core)."""
@@ -262,7 +268,15 @@ class Service:
             fresh = [e for e in starts if int(e.get("pid") or 0) not in known]
         procs = {e["proc"] for e in fresh}
         receivers = sum(1 for e in fresh if e["proc"] == "receiver")
-        return {"committer", "logger", "listener"} <= procs and receivers >= self.receiver_count()
+        expected = {"committer", "logger", "listener"} | (
+            {"metrics"} if self.has_metrics else set()
+        )
+        return expected <= procs and receivers >= self.receiver_count()
+
+    @property
+    def has_metrics(self) -> bool:
+        """Whether this service runs the metrics endpoint (`metrics` not empty)."""
+        return bool(self.keys.get("metrics", True))
 
     def pid_of(self, proc: str) -> int:
         """The pid in the last START of `proc`."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from support import dicomfiles as df
+from support.prometheus import http_get
 from support.scu import DCMTK_ENV
 from support.service import Service
 
@@ -82,6 +83,9 @@ def test_client_certificate_required_with_ca_file(
     assert anonymous.returncode != 0
     svc.wait_event("ERROR", what="TLS handshake failed")
     assert not svc.stored_path(uid).exists()
+    # The failed handshake is counted for Prometheus too
+    status, text = http_get(f"http://127.0.0.1:{svc.metrics_port}/metrics")
+    assert status == 200 and "\nstorscp_tls_handshake_failures_total 1.0\n" in text
     result = tls_storescu(svc.tls_port, pki, [path])
     assert result.returncode == 0, result.stderr
     svc.wait_stored([uid])

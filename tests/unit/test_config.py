@@ -52,6 +52,13 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
             "min_version",
         ),
         ('require_called_aet = "maybe"', "'require_called_aet'"),
+        ('metrics = "9112"', "'metrics'"),
+        ('metrics = "localhost"', "'metrics'"),
+        ('metrics = "127.0.0.1:99999"', "'metrics'"),
+        ('metrics = "::1:9112"', "'metrics'"),
+        ('metrics = "bad host!:9112"', "'metrics'"),
+        ("metrics = 9112", "'metrics'"),
+        ('port = 9112\nmetrics = "0.0.0.0:9112"', "'metrics'"),
         ('node = "../other"', "'node'"),
         ('node = ".hidden"', "'node'"),
         ("proxy_protocol = true", "trusted_proxies is empty"),
@@ -123,6 +130,26 @@ def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
     config = load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path)
     assert (config.user, config.admin_group) == ("root", "root")
     assert load(None, base_dir=tmp_path).user == ""
+
+
+def test_metrics_endpoint_is_on_loopback_by_default(tmp_path: Path) -> None:
+    config = load(None, base_dir=tmp_path)
+    assert config.metrics_address == ("127.0.0.1", 9112)
+    assert config.metrics_dir == tmp_path / "run" / "bus" / "metrics"
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("", None),
+        ("0.0.0.0:9112", ("0.0.0.0", 9112)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_metrics_addresses(tmp_path: Path, value: str, address: tuple[str, int] | None) -> None:
+    config = load(None, {"metrics": value}, base_dir=tmp_path)
+    assert config.metrics_address == address
 
 
 def test_node_has_its_own_depot_and_state_beside_the_shared_storage(tmp_path: Path) -> None:
