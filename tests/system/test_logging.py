@@ -477,7 +477,7 @@ def test_second_logger_exits_at_once_and_writes_nothing(service: Service) -> Non
 
 def test_malformed_bus_messages_become_error_lines(service: Service) -> None:
     context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
+    sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 5000)
     try:
         sock.connect(bus.logger_endpoint(service.run_dir))
@@ -486,11 +486,15 @@ def test_malformed_bus_messages_become_error_lines(service: Service) -> None:
         sock.send_multipart([b"one frame"])
         stored = bus.InstanceStored("x.ready", "1.2", "1.2.3", "1.2.840.10008.1.2", 1, "AE")
         sock.send_multipart(bus.encode(stored))  # a committer message on the logger's socket
+        # a numbered event from a socket without an origin (its routing id is ZeroMQ's)
+        event = bus.Event(bus.EventType.WRITE, "receiver", {"n": 1})
+        sock.send_multipart(bus.encode(bus.EventSent(1, 1, event)))
     finally:
         sock.close()
         context.term()
-    errors = service.wait_event("ERROR", count=3, what="malformed bus message")
+    errors = service.wait_event("ERROR", count=4, what="malformed bus message")
     assert {e["frames"] for e in errors} == {"2", "1"}
+    assert [e["reason"] for e in errors].count("sender has no origin") == 1
     service.wait_event("ERROR", what="unexpected bus message", kind="InstanceStored")
     assert_every_line_is_an_event(service)
     assert service.events("WRITE") == []
