@@ -46,7 +46,7 @@ def test_start_status_stop_answer_like_the_original_service(
     pids = [(m[1], int(m[2])) for m in components if m]
     programs = [name for name, _ in pids]
     assert programs[:5] == ["listener", "logger", "committer", "feed", "commitment"]
-    assert set(programs[4:-1]) == {"receiver"}  # one per core (receivers = 0)
+    assert set(programs[5:-1]) == {"receiver"}  # one per core (receivers = 0)
     assert programs[-1] == "metrics"
     assert all(alive(pid) for _, pid in pids)
     supervisord = svc.supervisord_pid()
