@@ -27,9 +27,18 @@ if [ ! -f "$stamp$extras" ] || [ setup.cfg -nt "$stamp$extras" ]; then
 fi
 
 # Debian packages the tests need: "command package" pairs, installed when the
-# command is missing. The tests run these real programs; none is mocked.
+# command is missing (a path instead of a command: when that file is missing).
+# The tests run these real programs; none is mocked. LazyFS (vendor/, the
+# power-loss tests) is compiled by the tests from the FUSE, spdlog and toml11
+# packages, and mounted with fuse3's fusermount3.
 TEST_DEBS=(
     "storescu dcmtk"
+    "cmake cmake"
+    "g++ g++"
+    "fusermount3 fuse3"
+    "/usr/include/fuse3/fuse.h libfuse3-dev"
+    "/usr/include/spdlog/spdlog.h libspdlog-dev"
+    "/usr/include/toml.hpp libtoml11-dev"
 )
 
 apt_install() {
@@ -42,7 +51,11 @@ if [ "$want_test" = 1 ]; then
     missing=()
     for pair in "${TEST_DEBS[@]}"; do
         read -r cmd pkg <<<"$pair"
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        if [[ "$cmd" == /* ]]; then
+            [ -e "$cmd" ] || missing+=("$pkg")
+        else
+            command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        fi
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" != 0 ]; then
