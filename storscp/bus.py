@@ -18,6 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from storscp.errors import StorscpError
+
 PROTOCOL_VERSION = 1
 
 # Bounded queues: a slow or absent peer must never make a sender block.
@@ -27,7 +29,7 @@ LINGER_MS = 1_000
 FieldValue = str | int | float | bool | None
 
 
-class BusError(Exception):
+class BusError(StorscpError):
     """Frames that are not a valid storscp message; keeps the raw frames."""
 
     def __init__(self, reason: str, frames: list[bytes]) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from storscp import bus
 from storscp.config import Config, ConfigError, load
+from storscp.errors import StorscpError
 from storscp.exitcodes import ExitCode
 from storscp.outbox import Outbox
 
 
-class StartupFailure(Exception):
+class StartupFailure(StorscpError):
     """A component cannot start; carries the exit code Supervisor will see."""
 
     def __init__(self, code: ExitCode, message: str) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 import tomli_w
 
+from storscp.errors import StorscpError
+
 DEFAULT_CONFIG_NAME = "storscp.toml"
 EFFECTIVE_CONFIG_NAME = "effective.toml"
 
@@ -34,7 +36,7 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 
 
-class ConfigError(Exception):
+class ConfigError(StorscpError):
     """A configuration value is missing, malformed or unusable."""
 
 

@@ -12,12 +12,14 @@ import os
 import re
 from pathlib import Path
 
+from storscp.errors import StorscpError
+
 MAX_UID_LENGTH = 64
 
 _UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
 
-class UIDError(ValueError):
+class UIDError(StorscpError, ValueError):
     """A value that is not a valid DICOM UID; the message says why."""
 
 

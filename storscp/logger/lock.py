@@ -13,10 +13,12 @@ import fcntl
 import os
 from pathlib import Path
 
+from storscp.errors import StorscpError
+
 LOCK_NAME = ".storscp-logger.lock"
 
 
-class LogDirLocked(Exception):
+class LogDirLocked(StorscpError):
     """Another logger holds the log directory."""
 
 

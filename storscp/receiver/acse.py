@@ -34,13 +34,14 @@ from pynetdicom.presentation import (
 )
 
 from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storscp.errors import StorscpError
 from storscp.receiver.dimse import VERIFICATION_SOP_CLASS
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 CACHE_SIZE = 128
 
 
-class NegotiationError(ValueError):
+class NegotiationError(StorscpError, ValueError):
     """An A-ASSOCIATE-RQ we cannot decode: the connection is aborted."""
 
 

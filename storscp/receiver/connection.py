@@ -5,7 +5,8 @@ negotiates (acse.py), then reads PDUs: P-DATA-TF items are streamed — a
 C-STORE dataset goes from the socket into a reused buffer and straight into
 its depot file, so memory stays a few hundred KB whatever the instance size
 and whatever length a peer announces. A-RELEASE-RQ is answered, A-ABORT
-ends it, anything else aborts it.
+ends it, anything else aborts it. What each DIMSE request gets is
+`dimse_service.py`'s business, the events are `events.py`'s.
 
 Timeouts: `acse_timeout_s` for the association request, `network_timeout_s`
 of silence between PDUs, `dimse_timeout_s` to receive one PDU once it has
@@ -19,26 +20,26 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from storscp import bus
+from storscp.config import Config
+from storscp.outbox import Outbox
 from storscp.receiver import dimse, pdu
-from storscp.receiver.acse import APPLICATION_CONTEXT_NAME, Negotiated, NegotiationError
-from storscp.receiver.dimse import Command, CommandError, CommandField
-from storscp.receiver.reader import PeerClosed, SocketReader
-from storscp.receiver.store import (
-    PendingStore,
-    StoreFailure,
-    StoreStatus,
-    finish_store,
-    open_store,
+from storscp.receiver.acse import (
+    APPLICATION_CONTEXT_NAME,
+    Negotiated,
+    NegotiationError,
+    Negotiator,
 )
+from storscp.receiver.depot import PartPool
+from storscp.receiver.dimse import CommandSetError
+from storscp.receiver.dimse_service import DimseService
+from storscp.receiver.events import AssociationEvents, AssociationStats
+from storscp.receiver.pdu import ProtocolError
+from storscp.receiver.reader import PeerClosed, SocketReader
+from storscp.receiver.store import StoreLimits
 from storscp.receiver.tls import peer_subject
-from storscp.uids import strip_padding
-
-if TYPE_CHECKING:
-    from storscp.receiver.server import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,24 @@ MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 PDU_LENGTH_SLACK = 6
 
 
-class ProtocolError(Exception):
-    """The peer broke the Upper Layer or DIMSE protocol; we abort."""
+@dataclass(frozen=True, slots=True)
+class ConnectionServices:
+    """What a connection needs of the receiver that accepted it, and nothing more.
 
-    def __init__(self, message: str, reason: pdu.AbortReason = pdu.AbortReason.NOT_SPECIFIED):
-        super().__init__(message)
-        self.reason = reason
+    Built once by the Receiver and shared by all its connections, so that a
+    connection never reaches back into the Receiver itself.
+    """
 
-
-@dataclass
-class AssociationStats:
-    instances: int = 0
-    bytes: int = 0
-    failures: int = 0
+    config: Config
+    outbox: Outbox
+    negotiator: Negotiator
+    parts: PartPool
+    limits: StoreLimits
+    depot_dir_fd: int
+    # (None, slot) lets an association in holding `slot`, else (why not, None).
+    admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, int | None]]
+    # Gives back the slot that `admit` handed out.
+    association_ended: Callable[[int], None]
 
 
 class Connection:
@@ -73,23 +79,20 @@ class Connection:
         self,
         sock: socket.socket,
         peer: tuple[str, int],
-        receiver: Receiver,
+        services: ConnectionServices,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.sock = sock
         self.tls = tls
-        self.tls_subject = ""
         self.peer = f"{peer[0]}:{peer[1]}"
         self.peer_host = peer[0]
-        self.receiver = receiver
-        self.config = receiver.config
-        self.outbox = receiver.outbox
-        self.assoc: Negotiated | None = None
+        self.services = services
+        self.config = services.config
+        self.events = AssociationEvents(services.outbox, self.peer, tls is not None)
         self.stats = AssociationStats()
         self.reader = SocketReader(sock)
         self._command = bytearray()
-        self._pending: PendingStore | None = None
-        self._expecting_dataset: Command | None = None
+        self._service: DimseService | None = None
         self._slot: int | None = None
         self._stopping = False
 
@@ -102,8 +105,19 @@ class Connection:
         try:
             if self.tls is not None and not self._handshake(self.tls):
                 return
-            if self._associate():
-                ending, reason = self._serve_established()
+            assoc = self._associate()
+            if assoc is not None:
+                self._service = service = DimseService(
+                    assoc,
+                    parts=self.services.parts,
+                    limits=self.services.limits,
+                    depot_dir_fd=self.services.depot_dir_fd,
+                    outbox=self.services.outbox,
+                    events=self.events,
+                    stats=self.stats,
+                    send=self._send,
+                )
+                ending, reason = self._serve_established(service)
         except PeerClosed:
             ending, reason = "aborted", "peer closed the connection"
             if self._stopping:
@@ -114,25 +128,24 @@ class Connection:
         except ProtocolError as exc:
             ending, reason = "aborted", f"protocol error: {exc}"
             self._send_quietly(pdu.abort(exc.reason))
-            self._error("protocol error", str(exc))
+            self.events.error("protocol error", str(exc))
         except OSError as exc:
             ending, reason = "aborted", f"network error: {exc}"
         except Exception as exc:  # the boundary: one bad connection never stops the service
             log.exception("unexpected error on connection from %s", self.peer)
             ending, reason = "aborted", f"internal error: {exc!r}"
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
-            self._error("internal error", repr(exc))
+            self.events.error("internal error", repr(exc))
         finally:
-            if self._pending is not None:
-                self._pending.discard()
-                self._pending = None
+            if self._service is not None:
+                self._service.discard()
             self._close()
             if self._slot is not None:
-                self.receiver.association_ended(self._slot)
-                fields = self._stats_fields()
+                self.services.association_ended(self._slot)
+                fields = self.stats.fields()
                 if reason:
                     fields["reason"] = reason
-                self._association_event(ending, **fields)
+                self.events.association(ending, **fields)
 
     def abort(self) -> None:
         """Abort from another thread (service stopping): the reader then fails."""
@@ -151,17 +164,17 @@ class Connection:
         try:
             wrapped = context.wrap_socket(self.sock, server_side=True)
         except (ssl.SSLError, OSError) as exc:
-            self._error("TLS handshake failed", str(exc) or type(exc).__name__)
+            self.events.error("TLS handshake failed", str(exc) or type(exc).__name__)
             return False
         self.sock = wrapped
         self.reader = SocketReader(wrapped)
-        self.tls_subject = peer_subject(wrapped)
+        self.events.tls_subject = peer_subject(wrapped)
         return True
 
     # -- association establishment -----------------------------------------------
 
-    def _associate(self) -> bool:
-        """Handle A-ASSOCIATE-RQ; True if accepted."""
+    def _associate(self) -> Negotiated | None:
+        """Handle A-ASSOCIATE-RQ; the association if accepted."""
         timeout = self.config.acse_timeout_s
         self.reader.set_wait(timeout, time.monotonic() + timeout)
         header = self.reader.read(6)
@@ -177,11 +190,11 @@ class Connection:
             )
         body = self.reader.read(length)
         try:
-            assoc = self.receiver.negotiator.negotiate(header + body)
+            assoc = self.services.negotiator.negotiate(header + body)
         except NegotiationError as exc:
             raise ProtocolError(str(exc), pdu.AbortReason.INVALID_PDU_PARAMETER) from None
-        self.assoc = assoc
-        self._association_event(
+        self.events.assoc = assoc
+        self.events.association(
             "requested",
             contexts_proposed=assoc.proposed,
             implementation=assoc.peer_implementation_version or assoc.peer_implementation_uid,
@@ -189,13 +202,13 @@ class Connection:
         reject = self._reject_reason(assoc)
         if reject is not None:
             self._send(pdu.associate_rj(reject))
-            self._association_event("rejected", reason=reject.text)
-            return False
+            self.events.association("rejected", reason=reject.text)
+            return None
         self._send(assoc.ac_pdu)
-        self._association_event(
+        self.events.association(
             "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
         )
-        return True
+        return assoc
 
     def _reject_reason(self, assoc: Negotiated) -> pdu.Reject | None:
         if assoc.protocol_version & 0x0001 == 0:
@@ -203,12 +216,12 @@ class Connection:
         if assoc.application_context != APPLICATION_CONTEXT_NAME:
             return pdu.REJECT_APPLICATION_CONTEXT
         # Last: admission holds a slot for us when it lets us in.
-        reject, self._slot = self.receiver.admit(assoc, self.peer_host)
+        reject, self._slot = self.services.admit(assoc, self.peer_host)
         return reject
 
     # -- established ----------------------------------------------------------------
 
-    def _serve_established(self) -> tuple[str, str]:
+    def _serve_established(self, service: DimseService) -> tuple[str, str]:
         """Read PDUs until release or abort; returns (ending, reason)."""
         reader = self.reader
         while True:
@@ -221,7 +234,7 @@ class Connection:
                 self.config.network_timeout_s, time.monotonic() + self.config.dimse_timeout_s
             )
             if pdu_type == pdu.PduType.P_DATA_TF:
-                self._read_p_data(length)
+                self._read_p_data(service, length)
             elif pdu_type == pdu.PduType.RELEASE_RQ:
                 reader.read(min(length, 4))
                 self._send(pdu.release_rp())
@@ -237,7 +250,7 @@ class Connection:
                     else pdu.AbortReason.UNRECOGNIZED_PDU,
                 )
 
-    def _read_p_data(self, length: int) -> None:
+    def _read_p_data(self, service: DimseService, length: int) -> None:
         limit = self.config.max_pdu_bytes + PDU_LENGTH_SLACK
         if length > limit:
             raise ProtocolError(
@@ -258,12 +271,14 @@ class Connection:
             data_length = item_length - 2
             remaining -= data_length
             if control & 0x01:
-                self._read_command_fragment(context_id, data_length, last=bool(control & 0x02))
+                self._read_command_fragment(service, context_id, data_length, bool(control & 0x02))
             else:
-                self._read_dataset_fragment(context_id, data_length, last=bool(control & 0x02))
+                self._read_dataset_fragment(service, context_id, data_length, bool(control & 0x02))
 
-    def _read_command_fragment(self, context_id: int, length: int, last: bool) -> None:
-        if self._expecting_dataset is not None:
+    def _read_command_fragment(
+        self, service: DimseService, context_id: int, length: int, last: bool
+    ) -> None:
+        if service.expecting_dataset:
             raise ProtocolError("command fragment while a dataset was expected")
         if len(self._command) + length > MAX_COMMAND_BYTES:
             raise ProtocolError("command set larger than 64 KiB")
@@ -273,108 +288,17 @@ class Connection:
             self._command.clear()
             try:
                 command = dimse.decode_command(data)
-            except CommandError as exc:
+            except CommandSetError as exc:
                 raise ProtocolError(str(exc)) from None
-            self._on_command(context_id, command)
+            service.on_command(context_id, command)
 
-    def _read_dataset_fragment(self, context_id: int, length: int, last: bool) -> None:
-        command = self._expecting_dataset
-        if command is None:
-            raise ProtocolError("dataset fragment without a command")
-        pending = self._pending
-        if pending is None or pending.context_id != context_id:
-            raise ProtocolError("dataset fragment on another presentation context")
+    def _read_dataset_fragment(
+        self, service: DimseService, context_id: int, length: int, last: bool
+    ) -> None:
+        pending = service.dataset_sink(context_id)
         self.reader.stream(length, pending.take)
         if last:
-            self._expecting_dataset = None
-            self._pending = None
-            self._complete_store(pending)
-
-    # -- DIMSE --------------------------------------------------------------------------
-
-    def _on_command(self, context_id: int, command: Command) -> None:
-        assert self.assoc is not None
-        context = self.assoc.contexts.get(context_id)
-        if context is None:
-            raise ProtocolError(
-                f"message on presentation context {context_id}, which was not accepted",
-                pdu.AbortReason.INVALID_PDU_PARAMETER,
-            )
-        if command.command_field == CommandField.C_ECHO_RQ:
-            if command.has_dataset:
-                raise ProtocolError("C-ECHO-RQ with a dataset")
-            self._send(pdu.p_data_command(context_id, dimse.echo_response(command.message_id)))
-        elif command.command_field == CommandField.C_STORE_RQ:
-            if not command.has_dataset:
-                self._respond_store(
-                    context_id, command, StoreStatus.CANNOT_UNDERSTAND, "C-STORE without a dataset"
-                )
-                return
-            self._expecting_dataset = command
-            self._pending = open_store(
-                command,
-                context_id,
-                context.abstract_syntax,
-                context.transfer_syntax,
-                self.assoc.calling_ae,
-                self.receiver.parts,
-                self.receiver.limits,
-            )
-        elif command.command_field == CommandField.C_CANCEL_RQ:
-            return  # nothing of ours is cancellable
-        else:
-            raise ProtocolError(
-                f"unsupported DIMSE command 0x{command.command_field:04X}",
-                pdu.AbortReason.UNRECOGNIZED_PDU_PARAMETER,
-            )
-
-    def _complete_store(self, pending: PendingStore) -> None:
-        command = pending.command
-        try:
-            stored = finish_store(pending, self.receiver.depot_dir_fd)
-        except StoreFailure as exc:
-            self._store_failed(pending, exc.status, str(exc))
-            return
-        except Exception as exc:  # never let a bug drop the association silently
-            log.exception("unexpected error finishing C-STORE")
-            self._store_failed(pending, StoreStatus.UNEXPECTED_ERROR, f"internal error: {exc!r}")
-            return
-        finally:
-            pending.discard()
-        self.stats.instances += 1
-        self.stats.bytes += stored.size_bytes
-        self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
-        self.outbox.post("committer", stored)
-        self.receiver.parts.refill()
-
-    def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
-        self.stats.failures += 1
-        command = pending.command
-        assert self.assoc is not None
-        self.outbox.event(
-            bus.EventType.ERROR,
-            what="C-STORE failed",
-            status=f"0x{status:04X}",
-            status_name=status.name,
-            reason=reason,
-            sop_instance_uid=strip_padding(command.affected_sop_instance_uid),
-            sop_class_uid=strip_padding(command.affected_sop_class_uid),
-            calling_ae=self.assoc.calling_ae,
-            peer=self.peer,
-        )
-        self._respond_store(pending.context_id, command, status, reason)
-
-    def _respond_store(
-        self, context_id: int, command: Command, status: StoreStatus, comment: str = ""
-    ) -> None:
-        response = dimse.store_response(
-            command.message_id,
-            strip_padding(command.affected_sop_class_uid),
-            strip_padding(command.affected_sop_instance_uid),
-            int(status),
-            comment,
-        )
-        self._send(pdu.p_data_command(context_id, response))
+            service.dataset_ended(pending)
 
     # -- socket I/O ---------------------------------------------------------------------
 
@@ -385,37 +309,3 @@ class Connection:
     def _send_quietly(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
             self.sock.sendall(data)
-
-    # -- events -------------------------------------------------------------------------
-
-    def _stats_fields(self) -> dict[str, bus.FieldValue]:
-        return {
-            "instances": self.stats.instances,
-            "bytes": self.stats.bytes,
-            "failures": self.stats.failures,
-        }
-
-    def _association_event(self, state: str, **fields: bus.FieldValue) -> None:
-        assoc = self.assoc
-        if self.tls is not None:
-            fields["tls"] = True
-            if self.tls_subject:
-                fields["tls_subject"] = self.tls_subject
-        self.outbox.event(
-            bus.EventType.ASSOCIATION,
-            state=state,
-            calling_ae=assoc.calling_ae if assoc else "",
-            called_ae=assoc.called_ae if assoc else "",
-            peer=self.peer,
-            **fields,
-        )
-
-    def _error(self, what: str, reason: str) -> None:
-        assoc = self.assoc
-        self.outbox.event(
-            bus.EventType.ERROR,
-            what=what,
-            reason=reason,
-            calling_ae=assoc.calling_ae if assoc else "",
-            peer=self.peer,
-        )

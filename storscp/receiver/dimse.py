@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from storscp.errors import StorscpError
+
 ELEMENT = struct.Struct("<HHL")
 US = struct.Struct("<H")
 UL = struct.Struct("<L")
@@ -29,7 +31,7 @@ class CommandField(IntEnum):
     C_CANCEL_RQ = 0x0FFF
 
 
-class CommandError(ValueError):
+class CommandSetError(StorscpError, ValueError):
     """A command set that cannot be decoded: the association is aborted."""
 
 
@@ -51,20 +53,20 @@ def decode_command(data: bytes) -> Command:
     pos, end = 0, len(data)
     while pos < end:
         if end - pos < 8:
-            raise CommandError("command set ends inside an element header")
+            raise CommandSetError("command set ends inside an element header")
         group, element, length = ELEMENT.unpack_from(data, pos)
         pos += 8
         if group != 0x0000:
-            raise CommandError(f"element ({group:04X},{element:04X}) in a command set")
+            raise CommandSetError(f"element ({group:04X},{element:04X}) in a command set")
         if length > end - pos:
-            raise CommandError(f"element (0000,{element:04X}) runs past the command set")
+            raise CommandSetError(f"element (0000,{element:04X}) runs past the command set")
         values[element] = data[pos : pos + length]
         pos += length
     try:
         field = US.unpack(values[0x0100])[0]
         data_set_type = US.unpack(values[0x0800])[0]
     except (KeyError, struct.error):
-        raise CommandError("command set lacks CommandField or CommandDataSetType") from None
+        raise CommandSetError("command set lacks CommandField or CommandDataSetType") from None
     message_id = 0
     if 0x0110 in values and len(values[0x0110]) == 2:
         message_id = US.unpack(values[0x0110])[0]

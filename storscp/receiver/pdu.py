@@ -12,6 +12,8 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
+from storscp.errors import StorscpError
+
 HEADER = struct.Struct(">BxL")
 PDV_HEADER = struct.Struct(">LBB")
 
@@ -55,6 +57,14 @@ class AbortReason(IntEnum):
     UNRECOGNIZED_PDU_PARAMETER = 4
     UNEXPECTED_PDU_PARAMETER = 5
     INVALID_PDU_PARAMETER = 6
+
+
+class ProtocolError(StorscpError):
+    """The peer broke the Upper Layer or DIMSE protocol; we abort."""
+
+    def __init__(self, message: str, reason: AbortReason = AbortReason.NOT_SPECIFIED):
+        super().__init__(message)
+        self.reason = reason
 
 
 def associate_rj(reject: Reject) -> bytes:

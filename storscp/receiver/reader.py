@@ -13,10 +13,12 @@ import socket
 import time
 from collections.abc import Callable
 
+from storscp.errors import StorscpError
+
 BUFFER_BYTES = 256 * 1024
 
 
-class PeerClosed(Exception):
+class PeerClosed(StorscpError):
     """The peer closed the TCP connection."""
 
 

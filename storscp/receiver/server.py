@@ -22,7 +22,7 @@ from storscp.outbox import Outbox
 from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.admission import admission_check, resolve_remote_hosts
-from storscp.receiver.connection import Connection
+from storscp.receiver.connection import Connection, ConnectionServices
 from storscp.receiver.depot import PartPool
 from storscp.receiver.slots import AssociationSlots
 from storscp.receiver.store import StoreLimits
@@ -44,8 +44,6 @@ class Receiver:
         self.depot_dir = config.depot_dir
         self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.parts = PartPool(self.depot_dir, int(config.file_mode))
-        self.negotiator = Negotiator(config.max_pdu_bytes)
-        self.limits = StoreLimits(config.max_instance_bytes, config.min_free_bytes)
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
         self.allowed_hosts = resolve_remote_hosts(config)
@@ -54,6 +52,16 @@ class Receiver:
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._acceptors: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.services = ConnectionServices(
+            config=config,
+            outbox=outbox,
+            negotiator=Negotiator(config.max_pdu_bytes),
+            parts=self.parts,
+            limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
+            depot_dir_fd=self.depot_dir_fd,
+            admit=self.admit,
+            association_ended=self.association_ended,
+        )
 
     # -- listening ------------------------------------------------------------
 
@@ -114,7 +122,7 @@ class Receiver:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # The TLS handshake happens on the connection's own thread, so a
             # slow or silent TLS client never holds up the next accept.
-            connection = Connection(sock, address, self, tls)
+            connection = Connection(sock, address, self.services, tls)
             with self._lock:
                 self._connections.add(connection)
             threading.Thread(

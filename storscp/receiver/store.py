@@ -16,6 +16,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from storscp import bus
+from storscp.errors import StorscpError
 from storscp.receiver import sopuids
 from storscp.receiver.depot import PartFile, PartPool, file_meta_bytes
 from storscp.receiver.dimse import Command
@@ -40,7 +41,7 @@ class StoreStatus(IntEnum):
     UNEXPECTED_ERROR = 0xC211
 
 
-class StoreFailure(Exception):
+class StoreFailure(StorscpError):
     """A C-STORE that must be answered with `status`; the message says why."""
 
     def __init__(self, status: StoreStatus, reason: str) -> None:

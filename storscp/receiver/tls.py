@@ -12,11 +12,12 @@ import ssl
 from typing import cast
 
 from storscp.config import TlsConfig
+from storscp.errors import StorscpError
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-class TlsSetupError(Exception):
+class TlsSetupError(StorscpError):
     """The certificate, key or CA file cannot be used; the message says which."""
 
 

@@ -15,18 +15,19 @@ from typing import Any, cast
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from storscp.config import Config
+from storscp.errors import StorscpError
 from storscp.supervisor.conf import socket_path
 
 
-class NotRunning(Exception):
+class NotRunning(StorscpError):
     """No supervisord answers on the control socket."""
 
 
-class AccessDenied(Exception):
+class AccessDenied(StorscpError):
     """The control socket exists but we may not use it."""
 
 
-class NotAnswering(Exception):
+class NotAnswering(StorscpError):
     """supervisord accepted the connection but did not answer in time (hung, stopped)."""
 
 

@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 
 from storscp.config import load
+from storscp.errors import CommandRefused
 from storscp.exitcodes import ExitCode
-from storscp.preflight import (
-    STORAGE_DIR_MESSAGE,
-    CommandError,
-    prepare_run_dir,
-    prepare_storage,
-    with_ports,
-)
+from storscp.preflight import STORAGE_DIR_MESSAGE
+from storscp.preflight.directories import prepare_run_dir, prepare_storage
+from storscp.preflight.ports import with_ports
 
 
 def test_a_fresh_run_dir_is_closed_to_others(tmp_path: Path) -> None:
@@ -38,7 +35,7 @@ def test_a_shared_directory_named_as_run_dir_keeps_its_mode(tmp_path: Path) -> N
 
 def test_an_explicit_storage_dir_must_exist(tmp_path: Path) -> None:
     config = load(None, {"storage_dir": str(tmp_path / "nope")}, base_dir=tmp_path)
-    with pytest.raises(CommandError) as info:
+    with pytest.raises(CommandRefused) as info:
         prepare_storage(config, None)
     assert info.value.code == ExitCode.CANTCREAT
     assert str(info.value) == f"{STORAGE_DIR_MESSAGE}: {tmp_path / 'nope'} does not exist"
@@ -56,7 +53,7 @@ def test_a_busy_port_is_refused_and_port_0_becomes_a_free_one(tmp_path: Path) ->
         busy.listen(1)
         port = busy.getsockname()[1]
         config = load(None, {"host": "127.0.0.1", "port": str(port)}, base_dir=tmp_path)
-        with pytest.raises(CommandError) as info:
+        with pytest.raises(CommandRefused) as info:
             with_ports(config)
         assert info.value.code == ExitCode.UNAVAILABLE
         assert str(info.value) == f"port {port} on 127.0.0.1 is already in use"
