@@ -26,7 +26,6 @@ import signal
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 
 from .service import alive, poll_for
 
@@ -102,8 +101,8 @@ class LazyFS:
 
     Its configuration, FIFOs and log live in `work_dir`. `mount()` and
     `unmount()` may alternate; `remount()` is both, so the new view holds only
-    what reached the backing directory. `close()` (or leaving the `with`) always
-    unmounts, stops the process and closes the FIFO.
+    what reached the backing directory. `close()` always unmounts, stops the
+    process and closes our end of the FIFO.
     """
 
     def __init__(
@@ -124,20 +123,8 @@ class LazyFS:
         self.config_path = work_dir / "lazyfs.toml"
         self.output_path = work_dir / "lazyfs.out"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.mounts = 0
         self._done_fd = -1
         self._done = bytearray()
-
-    def __enter__(self) -> LazyFS:
-        return self.mount()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def mount(self, timeout_s: float = 30.0) -> LazyFS:
         """Start lazyfs in the foreground of its own session; return once it is mounted."""
@@ -161,7 +148,6 @@ class LazyFS:
                 start_new_session=True,
             )
         poll_for(lambda: self.is_mounted() or self._died(), timeout_s, "LazyFS to mount")
-        self.mounts += 1
         return self
 
     def _write_config(self) -> None:
@@ -215,20 +201,22 @@ class LazyFS:
 
     def clear_cache(self, timeout_s: float = 30.0) -> None:
         """Drop every byte not yet fsynced (`lazyfs::clear-cache`); return once it is done."""
-        fd = poll_for(self._open_faults_fifo, timeout_s, "LazyFS's fault FIFO to have a reader")
+        opened: list[int] = []
+        poll_for(lambda: self._open_faults_fifo(opened), timeout_s, "LazyFS's fault FIFO to open")
         try:
-            os.write(fd, CLEAR_CACHE)
+            os.write(opened[0], CLEAR_CACHE)
         finally:
-            os.close(fd)
+            os.close(opened[0])
         poll_for(self._cleared, timeout_s, "LazyFS to finish clear-cache", interval_s=0.002)
 
-    def _open_faults_fifo(self) -> int | None:
+    def _open_faults_fifo(self, opened: list[int]) -> bool:
         # ENXIO: LazyFS has not opened its end yet (its fault thread starts after mounting).
         try:
-            return os.open(self.faults_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, OSError):
+            opened.append(os.open(self.faults_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
             self._died()
-            return None
+            return False
+        return True
 
     def _cleared(self) -> bool:
         with contextlib.suppress(BlockingIOError):
