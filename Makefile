@@ -28,13 +28,15 @@ crash:
 	$(BIN)/python -m pytest -q tests/system/test_power_loss.py
 
 # The benchmark of issue 6 (bench/README.md); not part of `make test`.
+# A quick run reports to bench/out/RESULTS.md; only a full run updates the
+# tracked reference, bench/RESULTS.md.
 bench:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --quick
 
 bench-full:
 	scripts/bootstrap.sh --test
-	$(BIN)/python -m bench.run --full
+	$(BIN)/python -m bench.run --full --results bench/RESULTS.md
 
 # The receiver fuzz test for longer than the 60 s that `make test` gives it:
 # STORSCP_FUZZ_SECONDS (default 1200) of hostile input, then the inputs survived.

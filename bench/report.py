@@ -1,4 +1,4 @@
-"""bench/RESULTS.md: the machine, the versions, the method and the table."""
+"""The report (RESULTS.md): the machine, the versions, the method and the table."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from pathlib import Path
 import pydicom
 import pynetdicom
 
+from bench.orthanc import ORTHANC
 from bench.stats import LatencyRun, Run, Spread, percentile, time_ratios
 
 LATENCY_TARGET_P99_S = 0.100
 REPO = Path(__file__).resolve().parent.parent
+# How the table names a reference server in its "time ÷" columns.
+REFERENCE_LABELS = {"dcmtk": "DCMTK", "orthanc": "Orthanc"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ def machine_info() -> dict[str, str]:
         "pynetdicom": pynetdicom.__version__,
         "pydicom": pydicom.__version__,
         "dcmtk": _first_line(["storescp", "--version"]).strip("$ "),
+        "orthanc": _first_line([ORTHANC, "--version"]),
         "storscp": _first_line([storscp_bin, "--version"])
         + f" (git {commit}{', uncommitted changes' if dirty and dirty != 'unknown' else ''})",
     }
@@ -120,11 +124,21 @@ def _spread(values: list[float]) -> str:
     return f"{_fmt(s.median)} ({_fmt(s.low)}-{_fmt(s.high)})"
 
 
-def _table(runs: list[Run], scenarios: dict[str, str], servers: list[str], reference: str) -> str:
+def _ratio(runs: list[Run], server: str, scenario: str, reference: str) -> str:
+    if server == reference:
+        return "1"
+    ratios = time_ratios(runs, server, scenario, reference)
+    return _spread(ratios) if ratios else "-"
+
+
+def _table(
+    runs: list[Run], scenarios: dict[str, str], servers: list[str], references: list[str]
+) -> str:
+    ratio_heads = "".join(f" time ÷ {REFERENCE_LABELS.get(r, r)} |" for r in references)
     head = (
         "| scenario | server | instances/s | MB/s | server CPU ms/instance | server CPU % "
-        "| peak RSS MiB (largest / sum) | time ÷ DCMTK |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        f"| peak RSS MiB (largest / sum) |{ratio_heads}\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(references) + "\n"
     )
     rows = []
     for key, label in scenarios.items():
@@ -132,8 +146,7 @@ def _table(runs: list[Run], scenarios: dict[str, str], servers: list[str], refer
             mine = [r for r in runs if r.scenario == key and r.server == server]
             if not mine:
                 continue
-            ratios = time_ratios(runs, server, key, reference)
-            ratio = "1" if server == reference else (_spread(ratios) if ratios else "-")
+            ratios = "".join(f" {_ratio(runs, server, key, r)} |" for r in references)
             largest = Spread.of([r.peak_rss_kib / 1024 for r in mine]).median
             total = Spread.of([r.sum_rss_kib / 1024 for r in mine]).median
             rows.append(
@@ -142,7 +155,7 @@ def _table(runs: list[Run], scenarios: dict[str, str], servers: list[str], refer
                 f"| {_spread([r.mb_per_s for r in mine])} "
                 f"| {_spread([r.cpu_ms_per_instance for r in mine])} "
                 f"| {_spread([r.cpu_percent for r in mine])} "
-                f"| {largest:.1f} / {total:.1f} | {ratio} |"
+                f"| {largest:.1f} / {total:.1f} |{ratios}"
             )
     largest_of = "; ".join(
         f"{server}: `{_most_common([r.peak_rss_cmd for r in runs if r.server == server])}`"
@@ -193,8 +206,9 @@ METHOD = """\
 - **Interleaving.** All servers run side by side for the whole benchmark (idle
   ones cost nothing measurable). In each round every scenario runs once per
   server, in an order rotated by round and scenario. Figures are the median
-  over rounds with min-max in brackets; *time ÷ DCMTK* is computed per round
-  (this server's wall time / DCMTK's in the same round), then summarised.
+  over rounds with min-max in brackets; *time ÷ DCMTK* and *time ÷ Orthanc*
+  are computed per round (this server's wall time / the reference's in the
+  same round), then summarised: 0.5 means twice as fast as the reference.
 - **Clients.** DCMTK `storescu`, `TCP_NODELAY=1` in its environment, default
   negotiation: it proposes every storage SOP class it knows (~120
   presentation contexts), like a real modality. *x4* means 4 storescu processes
@@ -208,7 +222,8 @@ METHOD = """\
 - **Server CPU.** User + system time of the server's whole process tree during
   the run, from `/proc/<pid>/stat`: utime + stime + cutime + cstime of every
   process below the one the harness started (supervisord and all storscp
-  components; the DCMTK parent and its per-association `--fork` children).
+  components; the DCMTK parent and its per-association `--fork` children;
+  Orthanc is one process with threads).
   Children that exit during the run are counted through their parent's
   cutime/cstime once reaped, or through their own entry while still zombies;
   readings are repeated until stable so a reap during a reading cannot count
@@ -222,20 +237,28 @@ METHOD = """\
   time. RSS counts shared library pages in every process that maps them.
 - **Verification.** After every run each sent SOP Instance UID must be in the
   server's output directory exactly once (DCMTK and the pynetdicom app name files
-  `<modality>.<UID>`, storscp `<UID>.dcm`), and the bytes after the file meta
+  `<modality>.<UID>`, storscp `<UID>.dcm`; Orthanc names them after its own
+  attachment UUIDs, so its index, read through its REST API on loopback, maps
+  each SOP Instance UID to its file, and every file in its storage area must
+  belong to an indexed instance), and the bytes after the file meta
   information must hash (SHA-256) to the source's. Any missing, extra or
   different file, or a client error, stops the benchmark with an error.
 - **Not equal work.** storscp fsyncs every instance (and the directories)
-  before answering Success; DCMTK and the pynetdicom app do not fsync. The
-  pynetdicom app decodes and re-encodes each dataset with pydicom. Each server
-  runs with its own default maximum PDU (DCMTK 16384, pynetdicom app 16382,
-  storscp 4 MiB). The *durable write floor* above is that extra work alone:
-  create a 2.8 KB file, write, fsync, rename, fsync the directory, measured
-  in the work directory before the rounds.
+  before answering Success; Orthanc fsyncs every file (`SyncStorageArea`,
+  its default) and commits each instance to its SQLite index before it
+  answers; DCMTK and the pynetdicom app do not fsync. The pynetdicom app
+  decodes and re-encodes each dataset with pydicom; Orthanc parses each
+  dataset to index it. Each server runs with its own default maximum PDU
+  (DCMTK 16384, Orthanc 16384, pynetdicom app 16382, storscp 4 MiB). The
+  *durable write floor* above is storscp's extra work alone: create a 2.8 KB
+  file, write, fsync, rename, fsync the directory, measured in the work
+  directory before the rounds.
 - **Between runs.** Output files are truncated and moved to a trash directory,
-  which is deleted only after the last round. Deleting them at once made the
-  next run slower for whoever came next: on ext4 without a journal, creating a
-  file skips every inode freed in the last minutes, one by one. Start a new
+  which is deleted only after the last round (Orthanc: its whole storage
+  area is moved, then its index emptied through the REST API). Deleting them
+  at once made the next run slower for whoever came next: on ext4 without a
+  journal, creating a file skips every inode freed in the last minutes, one
+  by one. Start a new
   benchmark a few minutes after the previous one ended (or after deleting many
   files on the same disk) for the same reason.
 """
@@ -257,7 +280,7 @@ def render(
     runs: list[Run],
     scenarios: dict[str, str],
     servers: list[str],
-    reference: str,
+    references: list[str],
     latency_runs: list[LatencyRun],
 ) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(context.started))
@@ -295,6 +318,7 @@ Generated by `{shlex.join(context.argv)}` ({context.mode} mode, {context.rounds}
 | pynetdicom | {mb["pynetdicom"]} |
 | pydicom | {mb["pydicom"]} |
 | DCMTK | {mb["dcmtk"]} |
+| Orthanc | {mb["orthanc"]} |
 | storscp | {mb["storscp"]} |
 | durable write floor (bench/floor.py) | {_floor(context.floor_ms)} |
 
@@ -315,7 +339,7 @@ tiny: 32x32 16-bit CT; small: 512x512 16-bit CT; large: 96 frames of 512x512
 
 Every instance of every run was verified (see Method).
 
-{_table(runs, scenarios, servers, reference)}
+{_table(runs, scenarios, servers, references)}
 ## Latency: Success to visible file (issue 6, item 4)
 
 {_latency(latency_runs, context.latency_count)}

@@ -1,9 +1,10 @@
-"""The three receivers under test, each started and stopped the same way.
+"""The receivers under test, each started and stopped the same way.
 
 - dcmtk: DCMTK `storescp --fork +xa`, one child process per association.
 - pynetdicom: pynetdicom's `storescp` app (`python -m pynetdicom storescp`).
 - storscp: this project, started as a black box with `storscp run -c <toml>`;
   the bound port comes from the receiver's START event in its log.
+- orthanc: in bench/orthanc.py (its own configuration and REST API).
 
 Every server runs in its own session (process group) so the harness can stop
 exactly what it started. DCMTK processes get TCP_NODELAY=1 in their
@@ -63,6 +64,7 @@ class Server(ABC):
         self._trash_names = itertools.count()
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self._terminated = False
 
     @property
     def pid(self) -> int:
@@ -80,6 +82,10 @@ class Server(ABC):
     @abstractmethod
     def describe(self) -> str:
         """The command line, for the report."""
+
+    def visible(self, expected: set[str]) -> bool:
+        """Every expected UID is in the output directory (storscp commits after Success)."""
+        return expected <= self.stored_files().keys()
 
     def stored_files(self) -> dict[str, Path]:
         """uid -> path of every file in the output directory (subdirectories skipped)."""
@@ -143,13 +149,20 @@ class Server(ABC):
         except FileNotFoundError:
             return ""
 
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) without waiting, so several stop at once."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self) -> None:
         """SIGTERM the root, wait, then SIGKILL whatever is left of its process group."""
+        self.terminate()
         proc, self.proc = self.proc, None
+        self._terminated = False
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -278,6 +291,9 @@ class Storscp(Server):
                 out[event["proc"]] = int(event["pid"])
         return out
 
+    def terminate(self) -> None:
+        """Nothing ahead of stop(): a second SIGTERM would mean "stop now" to storscp."""
+
     def stop(self) -> None:
         if self.service.proc is not None:
             self.service.stop(STOP_TIMEOUT_S)
@@ -303,11 +319,3 @@ class StorscpWithoutFsync(Storscp):
 
     def describe(self) -> str:
         return "PYTHONPATH=bench/nofsync " + super().describe() + "; os.fsync is a no-op"
-
-
-SERVER_TYPES: dict[str, type[Server]] = {
-    "dcmtk": Dcmtk,
-    "pynetdicom": Pynetdicom,
-    "storscp": Storscp,
-    "storscp-nofsync": StorscpWithoutFsync,
-}

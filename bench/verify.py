@@ -23,11 +23,11 @@ class VerificationError(Exception):
 
 
 def wait_visible(server: Server, workload: Workload, timeout_s: float = VISIBLE_TIMEOUT_S) -> float:
-    """Seconds until all UIDs are in the output directory (storscp commits after Success)."""
+    """Seconds until all UIDs are visible (storscp commits after Success)."""
     start = time.monotonic()
     expected = {i.uid for i in workload.instances}
     while True:
-        if expected <= server.stored_files().keys():
+        if server.visible(expected):
             return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
             return float("inf")

@@ -33,6 +33,7 @@ fi
 # packages, and mounted with fuse3's fusermount3.
 TEST_DEBS=(
     "storescu dcmtk"
+    "Orthanc orthanc"
     "cmake cmake"
     "g++ g++"
     "fusermount3 fuse3"
@@ -54,7 +55,8 @@ if [ "$want_test" = 1 ]; then
         if [[ "$cmd" == /* ]]; then
             [ -e "$cmd" ] || missing+=("$pkg")
         else
-            command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+            # /usr/sbin (Orthanc) may be missing from an ordinary account's PATH.
+            command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
         fi
     done
     if [ "${#missing[@]}" -gt 0 ]; then
