@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak crash fuzz bench bench-full clean
+.PHONY: install run test lint unit system soak crash fuzz bench bench-full bench-metrics bench-scaleout clean
 
 install:
 	scripts/bootstrap.sh
@@ -37,6 +37,16 @@ bench:
 bench-full:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.run --full --results bench/RESULTS.md
+
+# What metrics cost the receive path (issue 13): off / on / scraped every second.
+bench-metrics:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.metrics_cost
+
+# Issue 14: 4 senders straight to a node, through HAProxy to 1 node and to 2 nodes.
+bench-scaleout:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m bench.scaleout
 
 # The receiver fuzz test for longer than the 60 s that `make test` gives it:
 # STORSCP_FUZZ_SECONDS (default 1200) of hostile input, then the inputs survived.

@@ -34,6 +34,8 @@ fi
 TEST_DEBS=(
     "storescu dcmtk"
     "Orthanc orthanc"
+    "prometheus prometheus"
+    "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
     "cmake cmake"
     "g++ g++"
     "fusermount3 fuse3"

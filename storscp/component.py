@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from storscp import bus
+from storscp import bus, nodelock
 from storscp.config import Config, ConfigError, load
 from storscp.errors import StorscpError
 from storscp.exitcodes import ExitCode
@@ -40,9 +40,27 @@ def load_component_config(proc: str, argv: list[str] | None) -> Config:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     try:
-        return load(args.config)
+        config = load(args.config)
     except ConfigError as exc:
         raise StartupFailure(ExitCode.CONFIG, str(exc)) from None
+    prepare_metrics_dir(config)
+    return config
+
+
+def prepare_metrics_dir(config: Config) -> None:
+    """prometheus_client writes there as soon as a metric is made: make sure it exists.
+
+    The CLI empties it when the service starts; this only covers a component
+    started some other way. Without `metrics` nothing is written anywhere.
+    """
+    if config.metrics_address is None:
+        return
+    try:
+        config.metrics_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot create {config.metrics_dir}: {exc.strerror}"
+        ) from None
 
 
 def make_outbox(proc: str, config: Config, *, to_committer: bool = False) -> Outbox:
@@ -53,6 +71,31 @@ def make_outbox(proc: str, config: Config, *, to_committer: bool = False) -> Out
     outbox = Outbox(proc, endpoints)
     outbox.start()
     return outbox
+
+
+def make_depot(config: Config) -> None:
+    """The depot with `dir_mode` (for a node, depot/ above its own too); OSError if not."""
+    for path in (config.depots_dir, config.depot_dir):
+        path.mkdir(mode=int(config.dir_mode), exist_ok=True)
+
+
+def claim_node(config: Config) -> int | None:
+    """With `node`: hold the node's lock for this process's life (see storscp.nodelock).
+
+    Returns the descriptor, which must stay open; StartupFailure while a
+    `storscp recover` of this node runs.
+    """
+    if not config.node:
+        return None
+    try:
+        return nodelock.hold_shared(config.depot_dir, int(config.file_mode))
+    except nodelock.NodeLockHeld as exc:
+        raise StartupFailure(ExitCode.UNAVAILABLE, str(exc)) from None
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"cannot open {nodelock.lock_path(config.depot_dir)}: {exc.strerror}",
+        ) from None
 
 
 def report_startup_failure(proc: str, exc: StartupFailure) -> int:

@@ -34,6 +34,9 @@ _EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 # POSIX portable user and group names (useradd's default rule, plus a trailing $).
 _ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+# A node name becomes a directory name on the shared storage.
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+STATE_DIR_NAME = ".storscp"
 
 
 class ConfigError(StorscpError):
@@ -44,6 +47,7 @@ class Octal(int):
     """A permission mode; written and read as an octal string such as "0640"."""
 
 
+DEFAULT_METRICS = "127.0.0.1:9112"
 DEFAULT_FILE_MODE = Octal(0o640)
 DEFAULT_DIR_MODE = Octal(0o750)
 
@@ -56,6 +60,8 @@ class RemoteAE:
     ae_title: str
     host: str | None = None
     port: int | None = None
+    # Associations of this AE (from this host) at once, across receivers; None: no own cap.
+    max_associations: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +124,48 @@ class Config:
     admin_group: str = ""
     # Run the components as this account (supervisord itself stays root).
     user: str = ""
+    # HOST:PORT of the Prometheus endpoint and /healthz; empty: no endpoint.
+    # Loopback by default: the numbers name the modalities that talk to us.
+    metrics: str = DEFAULT_METRICS
+    # This gateway's name among several sharing one storage_dir (empty: the only one).
+    node: str = ""
+    # Connections must start with a PROXY header (v1 or v2) and come from trusted_proxies.
+    proxy_protocol: bool = False
+    # Addresses or networks (CIDR) of the load balancers allowed to send PROXY headers.
+    trusted_proxies: tuple[str, ...] = ()
     _source: str = field(default="defaults", compare=False, repr=False)
     _explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
-    def depot_dir(self) -> Path:
-        """Staging area inside the storage directory (same filesystem)."""
+    def depots_dir(self) -> Path:
+        """`<storage_dir>/depot`: the depot, or the parent of every node's own."""
         return self.storage_dir / "depot"
+
+    @property
+    def depot_dir(self) -> Path:
+        """Staging area inside the storage directory (same filesystem); a node's own."""
+        return self.depots_dir / self.node if self.node else self.depots_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """Durable per-node state (feed, commitment): beside storage, unlike run_dir."""
+        state = self.storage_dir / STATE_DIR_NAME
+        return state / self.node if self.node else state
 
     @property
     def receiver_count(self) -> int:
         """How many receiver processes run: `receivers`, or one per CPU core."""
         return self.receivers or max(1, os.cpu_count() or 1)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics endpoint, or None when `metrics` is empty."""
+        return parse_address(self.metrics) if self.metrics else None
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus_client's per-process files (multiprocess mode), in bus_dir."""
+        return self.bus_dir / "metrics"
 
     @property
     def effective_path(self) -> Path:
@@ -175,6 +211,10 @@ KEYS: dict[str, tuple[type, str]] = {
     "drain_timeout_s": (float, "how long a stop waits for associations"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
     "user": (str, "account the components run as (empty: the one starting them)"),
+    "metrics": (str, "HOST:PORT of the Prometheus endpoint and /healthz (empty: none)"),
+    "node": (str, "this gateway's name when several share storage_dir (depot/<node>/)"),
+    "proxy_protocol": (bool, "connections start with a PROXY header from trusted_proxies"),
+    "trusted_proxies": (tuple, "load balancer addresses or CIDRs (comma-separated on a flag)"),
 }
 
 
@@ -187,6 +227,8 @@ def as_dict(config: Config) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, Octal):
             value = f"{value:04o}"
+        elif isinstance(value, tuple):
+            value = list(value)
         out[key] = value
     if config.remote_ae:
         out["remote_ae"] = [
@@ -282,6 +324,12 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
             return float(str(value))
         except ValueError:
             raise ConfigError(f"{source}: key {key!r} must be a number, got {value!r}") from None
+    if kind is tuple:
+        # A TOML array of strings, or one comma-separated string from a flag.
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(i, str) for i in items):
+            return tuple(i.strip() for i in items if i.strip())
+        raise ConfigError(f"{source}: key {key!r} must be a list of strings, got {value!r}")
     if kind is Path:
         if isinstance(value, str | Path) and str(value):
             return Path(value)
@@ -302,7 +350,7 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
     out = []
     for i, table in enumerate(value):
         where = f"{source}: [[remote_ae]] #{i + 1}"
-        extra = set(table) - {"name", "ae_title", "host", "port"}
+        extra = set(table) - {"name", "ae_title", "host", "port", "max_associations"}
         if extra:
             raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
         for key in ("name", "ae_title"):
@@ -316,7 +364,12 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
             raise ConfigError(f"{where}: key 'port' must be 1-65535")
         if not _AE_TITLE_RE.match(table["ae_title"]) or "\\" in table["ae_title"]:
             raise ConfigError(f"{where}: key 'ae_title' must be 1-16 printable ASCII characters")
-        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port))
+        limit = table.get("max_associations")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000
+        ):
+            raise ConfigError(f"{where}: key 'max_associations' must be 1-10000")
+        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port, limit))
     return tuple(out)
 
 
@@ -427,6 +480,8 @@ def validate(config: Config) -> None:
         )
     if config.tls is not None:
         _validate_tls(src, config)
+    _validate_metrics(config)
+    _validate_scale_out(config)
     _validate_accounts(config)
     longest = config.bus_dir / "committer.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
@@ -445,6 +500,64 @@ def _validate_tls(src: str, config: Config) -> None:
         path = getattr(tls, key)
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); ValueError if it is neither."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("brackets are for IPv6 addresses")
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:9112")
+    if not sep or not host or not _is_host(host):
+        raise ValueError("expected HOST:PORT")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise ValueError("the port must be 0-65535")
+    return host, int(port_text)
+
+
+def _validate_metrics(config: Config) -> None:
+    src = config._source
+    if not config.metrics:
+        return
+    try:
+        host, port = parse_address(config.metrics)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{src}: key 'metrics' must be empty or HOST:PORT such as"
+            f' "{DEFAULT_METRICS}" ({exc}), got {config.metrics!r}'
+        ) from None
+    dicom_ports = {config.port} | ({config.tls.port} if config.tls else set())
+    if port != 0 and port in dicom_ports and _may_overlap(host, config.host):
+        raise ConfigError(f"{src}: key 'metrics' uses port {port}, which DICOM listens on")
+
+
+def _may_overlap(a: str, b: str) -> bool:
+    """Whether two listen addresses could collide on one port."""
+    wildcard = {"0.0.0.0", "::", ""}
+    return a == b or a in wildcard or b in wildcard
+def _validate_scale_out(config: Config) -> None:
+    """`node`, `proxy_protocol`, `trusted_proxies`: values only, no disk, no DNS."""
+    src = config._source
+    if config.node and (not _NODE_RE.match(config.node) or config.node in (".", "..")):
+        raise ConfigError(
+            f"{src}: key 'node' must be 1-63 letters, digits, '.', '_' or '-' (not first),"
+            f" got {config.node!r}"
+        )
+    for entry in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            raise ConfigError(
+                f"{src}: key 'trusted_proxies' must list IP addresses or networks such as"
+                f" 10.0.0.0/24 (no host bits set), got {entry!r}"
+            ) from None
+    if config.proxy_protocol and not config.trusted_proxies:
+        raise ConfigError(
+            f"{src}: proxy_protocol is true but trusted_proxies is empty: nobody could connect"
+        )
 
 
 def _validate_accounts(config: Config) -> None:

@@ -18,6 +18,7 @@ from typing import cast
 import zmq
 
 from storscp import bus
+from storscp.instruments import events_dropped
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Outbox:
         self._thread = threading.Thread(target=self._run, name=f"outbox-{proc}", daemon=True)
         self._ready = threading.Event()
         self.dropped = 0
+        self._dropped_metric = events_dropped()
 
     def start(self) -> None:
         self._thread.start()
@@ -88,6 +90,7 @@ class Outbox:
             sock.send_multipart(bus.encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
+            self._dropped_metric.labels(self.proc, route).inc()
             # The peer is gone or slow; the depot still holds the data.
             print(
                 f"storscp {self.proc}: {route} queue full, dropped {type(msg).__name__}: {msg}",
@@ -96,4 +99,5 @@ class Outbox:
             )
         except zmq.ZMQError as exc:
             self.dropped += 1
+            self._dropped_metric.labels(self.proc, route).inc()
             log.error("cannot send to %s: %s", route, exc)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from support.pki import make_pki
 from support.service import Service, short_tempdir
 
 
@@ -39,6 +40,15 @@ def service_factory(short_tmp: Path) -> Iterator[type[Service]]:
         except AssertionError as exc:
             errors.append(str(exc))
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def pki() -> Iterator[Path]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate."""
+    root = short_tempdir("pki")
+    make_pki(root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

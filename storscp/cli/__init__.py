@@ -1,4 +1,4 @@
-"""The `storscp` command: run, start, stop, restart, status, config, logs.
+"""The `storscp` command: run, start, stop, restart, status, config, logs, recover.
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
@@ -10,7 +10,8 @@ traceback.
 
 Here: the parser and `main()`, the boundary that turns every refusal into a
 message and an exit code. `prepare` readies a start, `service` holds the
-commands that go through supervisord, `logs` reads the two log files.
+commands that go through supervisord, `logs` reads the two log files,
+`nodes` serves several gateways on one storage (`recover`, `haproxy-check`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import NoReturn
 
 from storscp import __version__
 from storscp.cli.logs import cmd_logs
+from storscp.cli.nodes import cmd_haproxy_check, cmd_recover
 from storscp.cli.service import (
     STATUS_UNKNOWN,
     cmd_restart,
@@ -48,11 +50,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common(*, without: str = "") -> _Parser:
+    """-c and one flag per configuration key (but `without`)."""
     common = _Parser(add_help=False)
     common.add_argument("-c", "--config", type=Path, help="configuration file (TOML)")
     for key, (_kind, help_text) in KEYS.items():
-        common.add_argument(flag_for(key), dest=key, metavar=key.upper(), help=help_text)
+        if key != without:
+            common.add_argument(flag_for(key), dest=key, metavar=key.upper(), help=help_text)
+    return common
+
+
+def build_parser() -> _Parser:
+    common = _common()
 
     parser = _Parser(prog="storscp", description="DICOM Storage SCP service (C-ECHO, C-STORE).")
     parser.add_argument("--version", action="version", version=f"storscp {__version__}")
@@ -74,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-n", "--lines", type=_count, metavar="N", help="print only the last N lines first"
     )
+    recover_help = "commit a dead node's acknowledged instances here (several gateways)"
+    # Here --node names the dead node; this node's own name comes from -c.
+    recover = sub.add_parser(
+        "recover", parents=[_common(without="node")], help=recover_help, description=recover_help
+    )
+    recover.add_argument("--node", dest="dead_node", required=True, metavar="NAME")
+    check_help = "print HAProxy's tcp-check lines for this ae_title (deploy/haproxy.cfg)"
+    sub.add_parser("haproxy-check", parents=[common], help=check_help, description=check_help)
     return parser
 
 
@@ -91,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: str = args.command
     failed = FAILED_PREFIX.get(command, "storscp: ")
-    overrides = {key: getattr(args, key) for key in KEYS}
+    overrides = {key: getattr(args, key, None) for key in KEYS}
     try:
         config = load(args.config, overrides)
         if command == "logs":
             return cmd_logs(config, args.follow, args.lines)
+        if command == "recover":
+            return cmd_recover(config, args.dead_node)
         return COMMANDS[command](config)
     except ConfigNotReadable as exc:
         if command in CONTROL_COMMANDS:
@@ -141,4 +160,5 @@ COMMANDS: dict[str, Callable[[Config], int]] = {
     "restart": cmd_restart,
     "status": cmd_status,
     "config": cmd_config,
+    "haproxy-check": cmd_haproxy_check,
 }

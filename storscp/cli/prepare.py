@@ -16,6 +16,7 @@ from storscp.config import Config
 from storscp.errors import CommandRefused
 from storscp.exitcodes import ExitCode
 from storscp.logger.lock import LogDirLocked, check_log_dir_free
+from storscp.metrics import files as metrics_files
 from storscp.preflight import component_account, directories, leftovers, ports, service_account
 from storscp.supervisor import conf
 
@@ -34,6 +35,8 @@ def prepare(config: Config, *, running: Config | None = None) -> Config:
     if running is None or running.log_dir != config.log_dir:
         _check_log_dir_free(config)  # a service being restarted holds its own
     directories.prepare_run_dir(config, account)
+    if config.metrics_address is not None:
+        metrics_files.reset(config, (account.uid, account.gid) if account else None)
     component_account.check_account(config, account)
     config = ports.with_ports(config, running)
     _write_atomically(config.effective_path, config.to_toml(), 0o644)

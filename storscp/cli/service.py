@@ -20,6 +20,7 @@ from storscp.cli.prepare import prepare, refuse_leftovers, supervisord_argv
 from storscp.config import Config, ConfigError, load
 from storscp.errors import CommandRefused, NotPermitted
 from storscp.exitcodes import ExitCode
+from storscp.metrics import files as metrics_files
 from storscp.preflight import directories, leftovers
 from storscp.supervisor import conf, control
 from storscp.supervisor.exits import last_exit, last_line, startup_reason
@@ -29,7 +30,7 @@ POLL_S = 0.1
 
 # `storscp status` exit codes, as LSB init scripts have them.
 STATUS_RUNNING = 0
-STATUS_DEGRADED = 1  # running, but a component is not (FATAL, BACKOFF, stopped)
+STATUS_DEGRADED = 1  # running, but a component is not (FATAL, BACKOFF, stopped) or unhealthy
 STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4  # not allowed to ask
 # How long `storscp run` lets the logger take the "ended without a stop" event.
@@ -251,8 +252,12 @@ def load_running(config: Config) -> Config:
 
 
 def _same_service(new: Config, running: Config) -> bool:
+    """Whether `new` asks for what runs; port 0 (plain, metrics) means "whichever it has"."""
     if new.port == 0:
         new = replace(new, port=running.port)
+    asked, held = new.metrics_address, running.metrics_address
+    if asked is not None and held is not None and asked == (held[0], 0):
+        new = replace(new, metrics=running.metrics)
     return new == running
 
 
@@ -265,11 +270,26 @@ def cmd_status(config: Config) -> int:
     order = {name: i for i, name in enumerate(conf.ALL_PROGRAMS)}
     infos.sort(key=lambda p: (order.get(p.group, len(order)), p.name))
     degraded = any(p.state not in {"RUNNING", "STARTING"} for p in infos)
+    health = _health(config)
+    degraded = degraded or (health is not None and health[0] != 200)
     print("service degraded" if degraded else "service running")
     width = max([len(p.name) for p in infos] + [9])
     for p in infos:
         print(f"  {p.name:<{width}}  {p.state:<8}  {_details(config, p)}")
+    if health is not None:
+        status, line = health
+        verdict = line if status in (0, 200) else f"{status}: {line}"
+        print(f"  {'health':<{width}}  {verdict}")
     return STATUS_DEGRADED if degraded else STATUS_RUNNING
+
+
+def _health(config: Config) -> tuple[int, str] | None:
+    """The verdict of the running service's /healthz (its own effective `metrics`)."""
+    try:
+        running = load(config.effective_path)
+    except ConfigError:
+        running = config
+    return metrics_files.health(running)
 
 
 def _details(config: Config, p: control.ProcessInfo) -> str:

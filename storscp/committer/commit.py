@@ -18,6 +18,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from storscp import bus, depotfiles
+from storscp.committer.counting import CommitCounter
 from storscp.config import Config
 from storscp.outbox import Outbox
 from storscp.uids import UIDError, storage_path
@@ -32,6 +33,15 @@ class Committed:
     path: Path
     replaced: bool
     info: bus.InstanceStored
+    ready_ctime: float  # the rename to .ready, just before the receiver's Success
+
+    @property
+    def calling_ae(self) -> str:
+        return self.info.calling_ae
+
+    @property
+    def size_bytes(self) -> int:
+        return self.info.size_bytes
 
 
 class Committer:
@@ -44,6 +54,7 @@ class Committer:
         self.storage_dir = config.storage_dir
         self._storage_fd = os.open(self.storage_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.committed_total = 0
+        self.counter = CommitCounter(config)
 
     def close(self) -> None:
         os.close(self._storage_fd)
@@ -66,6 +77,7 @@ class Committer:
                 done.append(result)
         if done:
             os.fsync(self._storage_fd)
+        self.counter.committed(done)
         for item in done:
             self._report(item)
         self.committed_total += len(done)
@@ -99,7 +111,7 @@ class Committer:
         if info is None or info.depot_name != name:
             info = describe(src, name, uid, src_stat.st_size)
         os.replace(src, dst)
-        return Committed(dst, replaced, info)
+        return Committed(dst, replaced, info, src_stat.st_ctime)
 
     def _quarantine(self, src: Path, reason: str) -> None:
         """Set aside a depot file we must not commit, rather than lose it."""

@@ -18,7 +18,9 @@ from storscp.committer.commit import Committer
 from storscp.committer.recover import ready_names, remove_orphaned_parts
 from storscp.component import (
     StartupFailure,
+    claim_node,
     load_component_config,
+    make_depot,
     make_outbox,
     report_startup_failure,
 )
@@ -99,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"An existing Storage SCP directory must be specified: {config.storage_dir}"
                 " does not exist or is not a directory",
             )
-        if not config.depot_dir.is_dir():
-            config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
+        make_depot(config)
+        # The descriptor stays open until we exit: `storscp recover --node` waits for us.
+        claim_node(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
     except OSError as exc:
@@ -125,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         recovered = sweep(committer)
         outbox.event(bus.EventType.START, pid=os.getpid(), recovered=recovered)
         next_sweep = time.monotonic() + config.depot_scan_interval_s
+        heartbeat = committer.counter.metrics.heartbeat
         while not stop.requested.is_set():
+            heartbeat.beat()
             if sock.poll(POLL_MS):
                 committer.commit_batch(collect(sock))
             if time.monotonic() >= next_sweep:
                 sweep(committer)
                 next_sweep = time.monotonic() + config.depot_scan_interval_s
         # Graceful stop: what is ready now gets committed before we go.
+        heartbeat.stopped()
         committer.commit_batch(drain(sock))
         sweep(committer)
         return ExitCode.OK

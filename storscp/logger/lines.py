@@ -19,7 +19,8 @@ from storscp import bus
 _KEY_RE = re.compile(r"[^a-z0-9_]")
 MAX_KEY_CHARS = 64
 # Printable ASCII except space, '"', '=' and '\\': written as is.
-_PLAIN_ASCII_RE = re.compile(r"^[!#-<>-\[\]-~]+$")
+# \Z, not $: "$" also matches before a trailing newline, which would be written bare.
+_PLAIN_ASCII_RE = re.compile(r"^[!#-<>-\[\]-~]+\Z")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # The mark of a shortened line: a field, so the line still parses.
 CUT_FIELD = "cut=true"
@@ -199,7 +200,7 @@ class ParsedLine:
 
 _UNESCAPES = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+\Z")
 
 
 def parse_line(line: str) -> ParsedLine | None:

@@ -28,6 +28,7 @@ from storscp import __version__, bus
 from storscp.component import StartupFailure, load_component_config, report_startup_failure
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.logger.counting import LogCounter
 from storscp.logger.lock import LogDirLocked, lock_log_dir
 from storscp.logger.logfile import AlternatingLog
 from storscp.logger.writer import LogWriter
@@ -105,7 +106,7 @@ def open_log(config: Config) -> tuple[int, AlternatingLog]:
         ) from None
 
 
-def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
+def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag, counter: LogCounter) -> None:
     """Write events until stopped, then drain for up to DRAIN_S and close the socket."""
     while not stop.requested.is_set():
         if writer.accepting:
@@ -114,8 +115,11 @@ def serve(sock: zmq.Socket[bytes], writer: LogWriter, stop: StopFlag) -> None:
         else:
             stop.requested.wait(POLL_MS / 1000)
         writer.tick()
+        counter.update(writer)
+    counter.metrics.heartbeat.stopped()
     for frames in drain(sock, stop):
         handle(frames, writer)
+    counter.update(writer)
 
 
 def drain(sock: zmq.Socket[bytes], stop: StopFlag) -> list[list[bytes]]:
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         )
-        serve(sock, writer, stop)
+        serve(sock, writer, stop, LogCounter())
         return ExitCode.OK
     finally:
         writer.close()

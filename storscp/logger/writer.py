@@ -56,6 +56,9 @@ class LogWriter:
         self.backlog_bytes = 0
         self.dropped = 0
         self.written = 0
+        # Totals for the metrics (`dropped` restarts at each recovery).
+        self.failures = 0
+        self.dropped_total = 0
         self._next_sync = clock() + SYNC_INTERVAL_S
 
     @property
@@ -156,6 +159,7 @@ class LogWriter:
     def _fail(self, exc: OSError) -> None:
         now = self.clock()
         reason = _reason(exc)
+        self.failures += 1
         self.failure = Failure(
             reason=reason,
             since_iso=bus.now_iso(),
@@ -174,6 +178,7 @@ class LogWriter:
     def _keep(self, line: bytes) -> None:
         if not self.accepting:
             self.dropped += 1
+            self.dropped_total += 1
             return
         self.backlog.append(line)
         self.backlog_bytes += len(line)

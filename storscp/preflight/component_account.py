@@ -22,7 +22,7 @@ from storscp.preflight import Account, not_writable_message
 _PROBE = """
 import os, sys
 import storscp.committer.main, storscp.logger.main, storscp.receiver.main
-import storscp.supervisor.listener
+import storscp.supervisor.listener, storscp.metrics.main
 for path in sys.argv[1:]:
     if not os.access(path, os.W_OK | os.X_OK):
         print(path)

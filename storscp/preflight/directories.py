@@ -79,10 +79,10 @@ def prepare_storage(config: Config, account: Account | None) -> None:
         _give(storage, account)
     if not os.access(storage, os.W_OK | os.X_OK):
         raise CommandRefused(ExitCode.CANTCREAT, not_writable_message(config, storage, None))
-    depot = config.depot_dir
-    _mkdir("depot", depot, int(config.dir_mode))
-    if account is not None and depot.stat().st_uid != account.uid:
-        _give(depot, account)
+    for depot in dict.fromkeys((config.depots_dir, config.depot_dir)):  # a node's: both
+        _mkdir("depot", depot, int(config.dir_mode))
+        if account is not None and depot.stat().st_uid != account.uid:
+            _give(depot, account)
 
 
 def prepare_log_dir(config: Config, account: Account | None) -> None:

@@ -19,6 +19,7 @@ COMPONENT_MODULES = {
     "storscp.logger": "logger",
     "storscp.committer": "committer",
     "storscp.receiver": "receiver",
+    "storscp.metrics": "metrics",
 }
 
 

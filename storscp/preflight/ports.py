@@ -13,7 +13,7 @@ from storscp.exitcodes import ExitCode
 
 
 def with_ports(config: Config, running: Config | None = None) -> Config:
-    """Fail early if a port is taken; turn port 0 into a free port (plain and TLS).
+    """Fail early if a port is taken; turn port 0 into a free port (plain, TLS, metrics).
 
     A port the `running` service (being restarted) already listens on is
     kept without probing: our own receiver holds it.
@@ -32,7 +32,23 @@ def with_ports(config: Config, running: Config | None = None) -> Config:
                 tls = replace(tls, port=held)
             else:
                 tls = replace(tls, port=_probe_port(probes, config.host, tls.port, "[tls] port"))
-    return replace(config, port=port, tls=tls)
+        metrics = config.metrics
+        if config.metrics_address is not None:
+            metrics = _metrics_port(probes, config.metrics_address, running)
+    return replace(config, port=port, tls=tls, metrics=metrics)
+
+
+def _metrics_port(
+    probes: contextlib.ExitStack, address: tuple[str, int], running: Config | None
+) -> str:
+    """`metrics` with a concrete port: port 0 picks one, a restart keeps its own."""
+    host, port = address
+    held = running.metrics_address if running is not None else None
+    if held is not None and held[0] == host and port in (0, held[1]):
+        port = held[1]
+    else:
+        port = _probe_port(probes, host, port, "metrics")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _probe_port(probes: contextlib.ExitStack, host: str, port: int, key: str) -> int:

@@ -1,9 +1,12 @@
 """Who may associate: the called AE title, the calling AE title, the peer's address.
 
 `require_called_aet`: the Called AE Title must be ours ("called AE title not
-recognised" otherwise). With `accept_any` false, the Calling AE Title must
-be one of the `[[remote_ae]]` tables, and where a table gives a `host`, the
-peer's address must be that host's. Host names are resolved once, at start.
+recognised" otherwise). An association *matches* the first `[[remote_ae]]`
+table with its Calling AE Title whose `host`, if any, is the peer's address
+(behind a balancer, the address of its PROXY header). With `accept_any`
+false, an association must match a table. A matched table's
+`max_associations` caps that peer (server.py holds the slots). Host names are
+resolved once, at start.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ import ipaddress
 import logging
 import socket
 
-from storscp.config import Config
+from storscp.config import Config, RemoteAE
 from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated
 
 log = logging.getLogger(__name__)
 
-# ae_title -> allowed peer addresses (None: any address)
-AllowedHosts = dict[str, set[str] | None]
+# Per [[remote_ae]] table, in order: the table and its addresses (None: any address).
+RemoteHosts = list[tuple[RemoteAE, frozenset[str] | None]]
 
 
 def normalise_address(address: str) -> str:
@@ -33,37 +36,42 @@ def normalise_address(address: str) -> str:
     return str(ip)
 
 
-def resolve_remote_hosts(config: Config) -> AllowedHosts:
-    """For each remote AE title, the addresses it may connect from."""
-    allowed: AllowedHosts = {}
+def resolve_remote_hosts(config: Config) -> RemoteHosts:
+    """For each remote AE table, the addresses it may connect from."""
+    out: RemoteHosts = []
     for remote in config.remote_ae:
         if remote.host is None:
-            allowed[remote.ae_title] = None
+            out.append((remote, None))
             continue
-        addresses = allowed.get(remote.ae_title, set())
-        if addresses is None:
-            continue  # another table for this title allows any host
         try:
             infos = socket.getaddrinfo(remote.host, None, proto=socket.IPPROTO_TCP)
-            addresses |= {normalise_address(str(info[4][0])) for info in infos}
+            addresses = frozenset(normalise_address(str(info[4][0])) for info in infos)
         except OSError as exc:
             log.warning("remote_ae %s: cannot resolve host %s: %s", remote.name, remote.host, exc)
-        allowed[remote.ae_title] = addresses
-    return allowed
+            addresses = frozenset()
+        out.append((remote, addresses))
+    return out
 
 
 def admission_check(
-    config: Config, allowed: AllowedHosts, assoc: Negotiated, peer_host: str
-) -> pdu.Reject | None:
-    """None if the association may proceed, else the A-ASSOCIATE-RJ to send."""
+    config: Config, remotes: RemoteHosts, assoc: Negotiated, peer_host: str
+) -> tuple[pdu.Reject | None, int | None]:
+    """(the A-ASSOCIATE-RJ to send or None, the index of the matching table or None)."""
     if config.require_called_aet and assoc.called_ae != config.ae_title.strip():
-        return pdu.REJECT_CALLED_AE
-    if not config.accept_any:
-        if assoc.calling_ae not in allowed:
-            return pdu.REJECT_CALLING_AE
-        hosts = allowed[assoc.calling_ae]
-        if hosts is not None and normalise_address(peer_host) not in hosts:
-            return pdu.REJECT_CALLING_AE._replace(
-                text=f"calling AE title not allowed from {peer_host}"
-            )
-    return None
+        return pdu.REJECT_CALLED_AE, None
+    peer = normalise_address(peer_host)
+    titled = [
+        (i, hosts)
+        for i, (remote, hosts) in enumerate(remotes)
+        if remote.ae_title == assoc.calling_ae
+    ]
+    for index, hosts in titled:
+        if hosts is None or peer in hosts:
+            return None, index
+    if config.accept_any:
+        return None, None
+    if not titled:
+        return pdu.REJECT_CALLING_AE, None
+    return pdu.REJECT_CALLING_AE._replace(
+        text=f"calling AE title not allowed from {peer_host}"
+    ), None

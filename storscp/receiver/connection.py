@@ -25,19 +25,22 @@ from dataclasses import dataclass
 
 from storscp.config import Config
 from storscp.outbox import Outbox
-from storscp.receiver import dimse, pdu
+from storscp.receiver import dimse, pdu, proxyproto
 from storscp.receiver.acse import (
     APPLICATION_CONTEXT_NAME,
     Negotiated,
     NegotiationError,
     Negotiator,
 )
+from storscp.receiver.counting import AbortReason, ReceiverCounter, reject_reason
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import CommandSetError
 from storscp.receiver.dimse_service import DimseService
 from storscp.receiver.events import AssociationEvents, AssociationStats
 from storscp.receiver.pdu import ProtocolError
+from storscp.receiver.proxyproto import Network, is_trusted
 from storscp.receiver.reader import PeerClosed, SocketReader
+from storscp.receiver.slots import Held
 from storscp.receiver.store import StoreLimits
 from storscp.receiver.tls import peer_subject
 
@@ -66,10 +69,14 @@ class ConnectionServices:
     parts: PartPool
     limits: StoreLimits
     depot_dir_fd: int
-    # (None, slot) lets an association in holding `slot`, else (why not, None).
-    admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, int | None]]
-    # Gives back the slot that `admit` handed out.
-    association_ended: Callable[[int], None]
+    # (None, slots) lets an association in holding `slots`, else (why not, None).
+    admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, Held | None]]
+    # Gives back the slots that `admit` handed out.
+    association_ended: Callable[[Held], None]
+    # The process's metrics (thread-safe, shared by every connection).
+    counter: ReceiverCounter
+    # With proxy_protocol: who may put a PROXY header before a connection.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 class Connection:
@@ -89,11 +96,13 @@ class Connection:
         self.services = services
         self.config = services.config
         self.events = AssociationEvents(services.outbox, self.peer, tls is not None)
+        self.counter = services.counter
+        self._label = ""  # the calling AE title as a metric label value
         self.stats = AssociationStats()
         self.reader = SocketReader(sock)
         self._command = bytearray()
         self._service: DimseService | None = None
-        self._slot: int | None = None
+        self._slot: Held | None = None
         self._stopping = False
 
     # -- life cycle ---------------------------------------------------------
@@ -102,7 +111,10 @@ class Connection:
         """Run the association to its end; never raises."""
         ending = "closed"
         reason = ""
+        why = AbortReason.PEER_ABORT  # the metric label of an abort
         try:
+            if self.config.proxy_protocol and not self._proxy_header():
+                return
             if self.tls is not None and not self._handshake(self.tls):
                 return
             assoc = self._associate()
@@ -116,24 +128,27 @@ class Connection:
                     events=self.events,
                     stats=self.stats,
                     send=self._send,
+                    counter=self.counter,
+                    ae_label=self._label,
                 )
                 ending, reason = self._serve_established(service)
         except PeerClosed:
-            ending, reason = "aborted", "peer closed the connection"
+            ending, reason, why = "aborted", "peer closed the connection", AbortReason.PEER_CLOSED
             if self._stopping:
-                reason = "service stopping: drain timeout reached"
+                reason, why = "service stopping: drain timeout reached", AbortReason.STOPPING
         except TimeoutError:
-            ending, reason = "aborted", "timed out waiting for the peer"
+            ending, reason, why = "aborted", "timed out waiting for the peer", AbortReason.TIMEOUT
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
         except ProtocolError as exc:
-            ending, reason = "aborted", f"protocol error: {exc}"
+            ending, reason, why = "aborted", f"protocol error: {exc}", AbortReason.PROTOCOL_ERROR
             self._send_quietly(pdu.abort(exc.reason))
             self.events.error("protocol error", str(exc))
         except OSError as exc:
-            ending, reason = "aborted", f"network error: {exc}"
+            ending, reason, why = "aborted", f"network error: {exc}", AbortReason.NETWORK_ERROR
         except Exception as exc:  # the boundary: one bad connection never stops the service
             log.exception("unexpected error on connection from %s", self.peer)
             ending, reason = "aborted", f"internal error: {exc!r}"
+            why = AbortReason.INTERNAL_ERROR
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
             self.events.error("internal error", repr(exc))
         finally:
@@ -146,6 +161,7 @@ class Connection:
                 if reason:
                     fields["reason"] = reason
                 self.events.association(ending, **fields)
+                self.counter.association(self._label, ending, why if ending == "aborted" else "")
 
     def abort(self) -> None:
         """Abort from another thread (service stopping): the reader then fails."""
@@ -158,6 +174,40 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def _proxy_header(self) -> bool:
+        """A trusted balancer's PROXY header, read within acse_timeout_s and before TLS;
+        False (and an ERROR, unless nothing at all was sent) if there is none.
+
+        From then on the header's address is the peer: admission, limits, events.
+        """
+        if not is_trusted(self.peer_host, self.services.trusted_proxies):
+            self.events.error(
+                "connection refused", "not from a trusted proxy (proxy_protocol is on)"
+            )
+            return False
+        timeout = self.config.acse_timeout_s
+        try:
+            header = proxyproto.read_header(self.sock, timeout)
+        except proxyproto.ClosedBeforeHeader:
+            return False  # a connect-only check: nothing was refused
+        except proxyproto.ProxyHeaderError as exc:
+            self.events.error("PROXY header refused", str(exc))
+            return False
+        except TimeoutError:
+            self.events.error(
+                "PROXY header refused", f"no complete PROXY header within acse_timeout_s={timeout}"
+            )
+            return False
+        except OSError as exc:
+            self.events.error("PROXY header refused", f"network error: {exc}")
+            return False
+        self.events.proxy = self.peer
+        if header.source is not None:
+            self.peer_host = header.source[0]
+            self.peer = self.events.peer = f"{header.source[0]}:{header.source[1]}"
+        self.events.quiet = header.local
+        return True
+
     def _handshake(self, context: ssl.SSLContext) -> bool:
         """TLS handshake within acse_timeout_s; False (and an ERROR) if it fails."""
         self.sock.settimeout(self.config.acse_timeout_s)
@@ -165,6 +215,7 @@ class Connection:
             wrapped = context.wrap_socket(self.sock, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             self.events.error("TLS handshake failed", str(exc) or type(exc).__name__)
+            self.counter.tls_handshake_failed()
             return False
         self.sock = wrapped
         self.reader = SocketReader(wrapped)
@@ -194,6 +245,7 @@ class Connection:
         except NegotiationError as exc:
             raise ProtocolError(str(exc), pdu.AbortReason.INVALID_PDU_PARAMETER) from None
         self.events.assoc = assoc
+        self._label = self.counter.ae_label(assoc.calling_ae)
         self.events.association(
             "requested",
             contexts_proposed=assoc.proposed,
@@ -203,11 +255,13 @@ class Connection:
         if reject is not None:
             self._send(pdu.associate_rj(reject))
             self.events.association("rejected", reason=reject.text)
+            self.counter.association(self._label, "rejected", reject_reason(reject))
             return None
         self._send(assoc.ac_pdu)
         self.events.association(
             "accepted", contexts_accepted=len(assoc.contexts), contexts_proposed=assoc.proposed
         )
+        self.counter.association(self._label, "accepted")
         return assoc
 
     def _reject_reason(self, assoc: Negotiated) -> pdu.Reject | None:

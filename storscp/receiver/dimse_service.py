@@ -10,11 +10,13 @@ protocol does not allow raises ProtocolError, and the connection aborts.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from storscp.outbox import Outbox
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import Negotiated
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField
 from storscp.receiver.events import AssociationEvents, AssociationStats
@@ -46,7 +48,10 @@ class DimseService:
         events: AssociationEvents,
         stats: AssociationStats,
         send: Callable[[bytes], None],
+        counter: ReceiverCounter,
+        ae_label: str,
     ) -> None:
+        """`ae_label`: the calling AE title as `counter.ae_label` bounds it."""
         self.assoc = assoc
         self.parts = parts
         self.limits = limits
@@ -55,6 +60,8 @@ class DimseService:
         self.events = events
         self.stats = stats
         self._send = send
+        self.counter = counter
+        self.ae_label = ae_label
         self._pending: PendingStore | None = None
         self._expecting_dataset: Command | None = None
 
@@ -135,11 +142,13 @@ class DimseService:
         self.stats.instances += 1
         self.stats.bytes += stored.size_bytes
         self._respond_store(pending.context_id, command, StoreStatus.SUCCESS)
+        self.counter.stored(time.monotonic() - pending.started)
         self.outbox.post("committer", stored)
         self.parts.refill()
 
     def _store_failed(self, pending: PendingStore, status: StoreStatus, reason: str) -> None:
         self.stats.failures += 1
+        self.counter.store_failed(self.ae_label, status)
         self.events.store_failed(pending.command, status, reason)
         self._respond_store(pending.context_id, pending.command, status, reason)
 

@@ -2,8 +2,14 @@
 
 Each event names the peer (host:port) and, once its A-ASSOCIATE-RQ has been
 negotiated, the calling and called AE titles; with TLS, the client's
-certificate subject too. What the association stored is counted for its
-ending event.
+certificate subject too. Behind a load balancer the peer is the address of
+its PROXY header and `proxy=` names the balancer's end. What the association
+stored is counted for its ending event.
+
+A balancer's own connections (PROXY v2 LOCAL: health checks, every few
+seconds) are `quiet`: their request, acceptance and empty release are not
+logged, so checks never push the audit trail out of the log files; a
+rejection, an abort or anything stored still is.
 """
 
 from __future__ import annotations
@@ -34,11 +40,21 @@ class AssociationEvents:
     def __init__(self, outbox: Outbox, peer: str, tls: bool) -> None:
         self.outbox = outbox
         self.peer = peer
+        self.proxy = ""
+        self.quiet = False
         self.tls = tls
         self.tls_subject = ""
         self.assoc: Negotiated | None = None
 
+    def _where(self) -> dict[str, bus.FieldValue]:
+        return {"peer": self.peer, "proxy": self.proxy} if self.proxy else {"peer": self.peer}
+
     def association(self, state: str, **fields: bus.FieldValue) -> None:
+        if self.quiet and (
+            state in ("requested", "accepted")
+            or (state == "released" and not fields.get("instances") and not fields.get("failures"))
+        ):
+            return
         assoc = self.assoc
         if self.tls:
             fields["tls"] = True
@@ -49,7 +65,7 @@ class AssociationEvents:
             state=state,
             calling_ae=assoc.calling_ae if assoc else "",
             called_ae=assoc.called_ae if assoc else "",
-            peer=self.peer,
+            **self._where(),
             **fields,
         )
 
@@ -60,7 +76,7 @@ class AssociationEvents:
             what=what,
             reason=reason,
             calling_ae=assoc.calling_ae if assoc else "",
-            peer=self.peer,
+            **self._where(),
         )
 
     def store_failed(self, command: Command, status: StoreStatus, reason: str) -> None:
@@ -74,5 +90,5 @@ class AssociationEvents:
             sop_instance_uid=strip_padding(command.affected_sop_instance_uid),
             sop_class_uid=strip_padding(command.affected_sop_class_uid),
             calling_ae=self.assoc.calling_ae,
-            peer=self.peer,
+            **self._where(),
         )

@@ -10,12 +10,15 @@ import warnings
 from storscp import __version__, bus
 from storscp.component import (
     StartupFailure,
+    claim_node,
     load_component_config,
+    make_depot,
     make_outbox,
     report_startup_failure,
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.instruments import HEARTBEAT_INTERVAL_S
 from storscp.receiver.server import Receiver
 from storscp.receiver.tls import TlsSetupError
 from storscp.runtime import StopFlag, die_with_parent
@@ -32,7 +35,7 @@ def check_depot(config: Config) -> None:
             " does not exist or is not a directory",
         )
     try:
-        config.depot_dir.mkdir(mode=int(config.dir_mode), exist_ok=True)
+        make_depot(config)
     except OSError as exc:
         raise StartupFailure(
             ExitCode.CANTCREAT, f"cannot create depot {config.depot_dir}: {exc.strerror}"
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         die_with_parent()
         check_depot(config)
+        # The descriptor stays open until we exit: `storscp recover --node` waits for us.
+        claim_node(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
 
@@ -89,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             storage_dir=str(config.storage_dir),
             log_dir=str(config.log_dir),
         )
-        stop.wait()
+        heartbeat = receiver.counter.metrics.heartbeat
+        heartbeat.beat()  # accepting from now on
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            if receiver.accepting():
+                heartbeat.beat()  # stale when an acceptor or this thread is gone
+        heartbeat.stopped()  # accepting -> draining: /healthz says so at once
         aborted = receiver.stop(config.drain_timeout_s, stop.urgent)
         if aborted:
             outbox.event(

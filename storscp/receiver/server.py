@@ -23,8 +23,10 @@ from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.admission import admission_check, resolve_remote_hosts
 from storscp.receiver.connection import Connection, ConnectionServices
+from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
-from storscp.receiver.slots import AssociationSlots
+from storscp.receiver.proxyproto import trusted_networks
+from storscp.receiver.slots import AssociationSlots, Held, RemoteAESlots
 from storscp.receiver.store import StoreLimits
 from storscp.receiver.tls import make_tls_context
 
@@ -46,12 +48,16 @@ class Receiver:
         self.parts = PartPool(self.depot_dir, int(config.file_mode))
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
+        self.remote_slots = RemoteAESlots(
+            config.bus_dir, [remote.max_associations for remote in config.remote_ae]
+        )
         self.allowed_hosts = resolve_remote_hosts(config)
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._acceptors: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.counter = ReceiverCounter(config)
         self.services = ConnectionServices(
             config=config,
             outbox=outbox,
@@ -61,6 +67,8 @@ class Receiver:
             depot_dir_fd=self.depot_dir_fd,
             admit=self.admit,
             association_ended=self.association_ended,
+            counter=self.counter,
+            trusted_proxies=trusted_networks(config.trusted_proxies),
         )
 
     # -- listening ------------------------------------------------------------
@@ -102,6 +110,14 @@ class Receiver:
             thread.start()
             self._acceptors.append(thread)
 
+    def accepting(self) -> bool:
+        """Listening, not stopping, and every acceptor thread alive."""
+        return (
+            bool(self._acceptors)
+            and not self._stopping.is_set()
+            and all(thread.is_alive() for thread in self._acceptors)
+        )
+
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():
             try:
@@ -138,9 +154,12 @@ class Receiver:
 
     # -- admission ------------------------------------------------------------
 
-    def admit(self, assoc: Negotiated, peer_host: str) -> tuple[pdu.Reject | None, int | None]:
-        """(None, slot) to accept the association holding `slot`, else (why not, None)."""
-        reject = admission_check(self.config, self.allowed_hosts, assoc, peer_host)
+    def admit(self, assoc: Negotiated, peer_host: str) -> tuple[pdu.Reject | None, Held | None]:
+        """(None, slots) to accept the association holding them, else (why not, None).
+
+        `peer_host` is the modality's address (a PROXY header's, behind a balancer).
+        """
+        reject, remote = admission_check(self.config, self.allowed_hosts, assoc, peer_host)
         if reject is not None:
             return reject, None
         if self._stopping.is_set():
@@ -148,10 +167,22 @@ class Receiver:
         slot = self.slots.acquire()
         if slot is None:
             return pdu.REJECT_LOCAL_LIMIT, None
-        return None, slot
+        if remote is None or not self.remote_slots.limited(remote):
+            return None, Held(slot)
+        remote_slot = self.remote_slots.acquire(remote)
+        if remote_slot is None:
+            self.slots.release(slot)
+            table = self.config.remote_ae[remote]
+            return pdu.REJECT_LOCAL_LIMIT._replace(
+                text=f"local limit exceeded: max_associations={table.max_associations}"
+                f" of [[remote_ae]] {table.name!r}"
+            ), None
+        return None, Held(slot, (remote, remote_slot))
 
-    def association_ended(self, slot: int) -> None:
-        self.slots.release(slot)
+    def association_ended(self, held: Held) -> None:
+        if held.remote is not None:
+            self.remote_slots.release(*held.remote)
+        self.slots.release(held.slot)
 
     # -- stopping -------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -90,6 +91,8 @@ class PendingStore:
     max_instance_bytes: int = 0
     received: int = 0
     head: bytearray = field(default_factory=bytearray)
+    # When the command set was complete: the start of the C-STORE's receive time.
+    started: float = field(default_factory=time.monotonic)
 
     def take(self, data: memoryview) -> None:
         """Dataset bytes off the wire, in order."""

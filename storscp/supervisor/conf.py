@@ -25,7 +25,8 @@ CONF_NAME = "supervisord.conf"
 LOG_NAME = "supervisord.log"
 
 # Start order; the listener is an [eventlistener], the others [program]s.
-PROGRAMS = ("logger", "committer", "receiver")
+# `metrics` runs only when the `metrics` key is not empty (see `program_specs`).
+PROGRAMS = ("logger", "committer", "receiver", "metrics")
 ALL_PROGRAMS = ("listener", *PROGRAMS)
 
 
@@ -47,9 +48,9 @@ class ProgramSpec:
 
 
 def program_specs(config: Config) -> dict[str, ProgramSpec]:
-    """The four programs, in start order."""
+    """The programs this configuration runs, in start order."""
     drain_s = math.ceil(config.drain_timeout_s)
-    return {
+    specs = {
         # Stops last: reports the others' exits until the very end.
         "listener": ProgramSpec("storscp.supervisor", 1, 1, 3, stopwaitsecs=5),
         # Lock + bind only; its drain on stop is about a second.
@@ -60,7 +61,12 @@ def program_specs(config: Config) -> dict[str, ProgramSpec]:
         # pynetdicom's import and the AE take longest; on stop it lets
         # associations finish for drain_timeout_s, then aborts the rest.
         "receiver": ProgramSpec("storscp.receiver", 30, 3, 3, stopwaitsecs=drain_s + 10),
+        # Starts last and stops first: it only reads what the others count.
+        "metrics": ProgramSpec("storscp.metrics", 40, 1, 3, stopwaitsecs=5),
     }
+    if config.metrics_address is None:
+        del specs["metrics"]
+    return specs
 
 
 def socket_path(config: Config) -> Path:
@@ -137,7 +143,12 @@ def _program(name: str, spec: ProgramSpec, config: Config) -> str:
         ]
     if config.user:
         lines.append(f"user={config.user}")
-    lines.append('environment=PYTHONUNBUFFERED="1"')
+    environment = 'PYTHONUNBUFFERED="1"'
+    if config.metrics_address is not None:
+        # prometheus_client's multiprocess mode: every process counts into its
+        # own files there; the metrics program sums them (storscp/instruments.py).
+        environment += f',PROMETHEUS_MULTIPROC_DIR="{config.metrics_dir}"'
+    lines.append(f"environment={environment}")
     return "\n" + "\n".join(lines) + "\n"
 
 

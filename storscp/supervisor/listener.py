@@ -25,6 +25,7 @@ from storscp.component import (
     make_outbox,
     report_startup_failure,
 )
+from storscp.instruments import ListenerMetrics, listener_metrics
 from storscp.outbox import Outbox
 from storscp.runtime import die_with_parent
 from storscp.supervisor import conf
@@ -78,11 +79,24 @@ def error_for(
     return fields
 
 
+def count(metrics: ListenerMetrics, eventname: str, payload: dict[str, str]) -> None:
+    """Exits (expected or not) and automatic restarts, by program."""
+    state = eventname.removeprefix("PROCESS_STATE_")
+    program = payload.get("groupname", "") or payload.get("processname", "")
+    if state == "EXITED":
+        expected = "true" if payload.get("expected") == "1" else "false"
+        metrics.exits.labels(program, expected).inc()
+    elif state == "STARTING" and payload.get("from_state") in ("EXITED", "BACKOFF"):
+        metrics.restarts.labels(program).inc()
+
+
 def serve(outbox: Outbox, run_dir: Path) -> None:
+    metrics = listener_metrics()
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
         try:
             body = childutils.get_headers(payload.split("\n", 1)[0])
+            count(metrics, headers.get("eventname", ""), body)
             fields = error_for(headers.get("eventname", ""), body, run_dir)
             if fields is not None:
                 outbox.event(bus.EventType.ERROR, **fields)

@@ -104,7 +104,8 @@ def service_pids(svc: Service) -> list[int]:
     """supervisord first (frozen first, it restarts nothing), then every component."""
     assert svc.proc is not None
     components = svc.live_components()
-    assert len(components) == 3 + svc.receiver_count(), components
+    expected = 3 + int(svc.has_metrics) + svc.receiver_count()
+    assert len(components) == expected, components
     return [svc.proc.pid, *components]
 
 

@@ -41,6 +41,7 @@ def associate_rq(
     called_ae: str,
     contexts: Sequence[tuple[str, Sequence[str]]],
     max_pdu: int = 65536,
+    implementation_uid: str = "1.2.826.0.1.3680043.10.1426.99",
 ) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
@@ -53,7 +54,7 @@ def associate_rq(
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = max_pdu
     impl = ImplementationClassUIDNotification()
-    impl.implementation_class_uid = "1.2.826.0.1.3680043.10.1426.99"
+    impl.implementation_class_uid = implementation_uid
     primitive.user_information = [max_length, impl]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
@@ -122,10 +123,26 @@ def parse_command(data: bytes) -> dict[int, bytes]:
 class RawAssociation:
     """One association whose bytes the test controls."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        timeout_s: float = 30.0,
+        source: str | None = None,
+    ) -> None:
+        """`source`: the local address to connect from (127.0.0.9 ...)."""
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout_s, source_address=(source, 0) if source else None
+        )
         self.contexts: dict[int, tuple[str, str]] = {}
         self._message_id = 0
+
+    @classmethod
+    def over(cls, sock: socket.socket) -> RawAssociation:
+        """An association on a socket the test already set up (TLS, a PROXY header)."""
+        self = cls.__new__(cls)
+        self.sock, self.contexts, self._message_id = sock, {}, 0
+        return self
 
     def close(self) -> None:
         self.sock.close()

@@ -7,6 +7,9 @@ bytes as they are on disk), and records every instance's status: 0x0000
 under it). After a failure it reconnects, asking `port()` each time (a fresh
 start may pick another port), and continues with the next instance; an
 instance is never sent twice, so "sent" counts each instance once.
+
+Each sender may bind its own source address (127.0.0.2 ...), as separate
+modalities would have, to be told apart behind a load balancer.
 """
 
 from __future__ import annotations
@@ -72,10 +75,12 @@ class Sender(threading.Thread):
         port: Callable[[], int],
         reconnect_timeout_s: float,
         acknowledged: Callable[[], None],
+        source: str | None = None,
     ) -> None:
         super().__init__(name=f"sender-{index}", daemon=True)
         self.batch = list(batch)
         self.port = port
+        self.source = source
         self.reconnect_timeout_s = reconnect_timeout_s
         self.on_ack = acknowledged
         self.log = SenderLog()
@@ -111,7 +116,10 @@ class Sender(threading.Thread):
         deadline = time.monotonic() + self.reconnect_timeout_s
         pause = threading.Event()
         while True:
-            assoc = self.ae.associate("127.0.0.1", self.port(), ae_title="STORSCP")
+            bind = (self.source, 0) if self.source else None
+            assoc = self.ae.associate(
+                "127.0.0.1", self.port(), ae_title="STORSCP", bind_address=bind
+            )
             if assoc.is_established:
                 self.log.associations += 1
                 return assoc
@@ -145,13 +153,22 @@ class SenderPool:
         batches: Sequence[Sequence[Instance]],
         port: Callable[[], int],
         reconnect_timeout_s: float = 90.0,
+        sources: Sequence[str | None] = (),
     ) -> None:
+        """`sources`: the source address of each sender (default: the kernel's choice)."""
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # refused connects are expected
         self._acked_changed = threading.Condition()
         self._acked = 0
         self.senders = [
-            Sender(i, batch, port, reconnect_timeout_s, self._count_ack)
+            Sender(
+                i,
+                batch,
+                port,
+                reconnect_timeout_s,
+                self._count_ack,
+                sources[i] if i < len(sources) else None,
+            )
             for i, batch in enumerate(batches)
         ]
         self.instances = {inst.uid: inst for batch in batches for inst in batch}

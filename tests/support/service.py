@@ -27,12 +27,13 @@ T = TypeVar("T")
 
 STORSCP = str(Path(sys.executable).with_name("storscp"))
 SUPERVISORCTL = str(Path(sys.executable).with_name("supervisorctl"))
-COMPONENTS = ("listener", "logger", "committer", "receiver")
+COMPONENTS = ("listener", "logger", "committer", "receiver", "metrics")
 COMPONENT_MODULES = {
     "listener": "storscp.supervisor",
     "logger": "storscp.logger",
     "committer": "storscp.committer",
     "receiver": "storscp.receiver",
+    "metrics": "storscp.metrics",
 }
 
 
@@ -85,6 +86,8 @@ def parse_supervisorctl_status(text: str) -> list[ProcessStatus]:
 
 
 def toml_value(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -101,13 +104,17 @@ class Service:
         *,
         cli: Sequence[str] = (STORSCP,),
         env: Mapping[str, str] | None = None,
+        storage_dir: Path | None = None,
         **keys: object,
     ) -> None:
-        """`cli` and `env` say how to run the storscp command (default: the venv's)."""
+        """`cli` and `env` say how to run the storscp command (default: the venv's).
+
+        `storage_dir`: another service's, for nodes that share one storage.
+        """
         self.root = root
         self.cli_argv = list(cli)
         self.env = dict(env) if env is not None else None
-        self.storage_dir = root / "storage"
+        self.storage_dir = storage_dir or root / "storage"
         self.log_dir = root / "log"
         self.run_dir = root / "run"
         self.keys: dict[str, object] = {
@@ -118,26 +125,37 @@ class Service:
             "run_dir": str(self.run_dir),
             "depot_scan_interval_s": 0.5,
             "drain_timeout_s": 5,
+            # The endpoint is on by default; a free port, so tests never collide.
+            "metrics": "127.0.0.1:0",
         }
         self.keys.update(keys)
         self.config_path = root / "storscp.toml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.tls_port = 0
+        self.metrics_port = 0
         self.pids: set[int] = set()
         self.supervisord_pids: set[int] = set()
         self.extension = str(self.keys.get("extension", ".dcm"))
 
     @property
     def depot_dir(self) -> Path:
-        return self.storage_dir / "depot"
+        """The depot, or this node's own with the `node` key (depot/<node>/)."""
+        node = str(self.keys.get("node", ""))
+        return self.storage_dir / "depot" / node if node else self.storage_dir / "depot"
 
     def write_config(self) -> None:
-        """Scalars first, then tables (dict values) and arrays of tables (lists of dicts)."""
-        lines = [
-            f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not isinstance(v, dict | list)
-        ]
+        """Scalars and arrays first, then tables and arrays of tables (lists of dicts)."""
+
+        def is_table(v: object) -> bool:
+            return isinstance(v, dict) or (
+                isinstance(v, list) and any(isinstance(i, dict) for i in v)
+            )
+
+        lines = [f"{k} = {toml_value(v)}" for k, v in self.keys.items() if not is_table(v)]
         for key, value in self.keys.items():
+            if not is_table(value):
+                continue
             if isinstance(value, dict):
                 lines.append(f"[{key}]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
@@ -159,7 +177,7 @@ class Service:
         poll_for(
             lambda: self._all_started(known) or self._died(),
             timeout_s,
-            "all four components to START",
+            "every component to START",
         )
         self._read_port()
         return self
@@ -180,7 +198,7 @@ class Service:
         self.supervisord_pids.add(self.proc.pid)
 
     def start_daemon(self, timeout_s: float = 30.0) -> Service:
-        """`storscp start`; returns once it said so and all four components STARTed."""
+        """`storscp start`; returns once it said so and every component STARTed."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._record_pids()
@@ -189,7 +207,7 @@ class Service:
         assert result.returncode == 0, f"storscp start: {result.stdout}{result.stderr}"
         assert result.stdout.strip().splitlines()[-1] == "start request issued", result.stdout
         self.supervisord_pids.add(self.supervisord_pid())
-        poll_for(lambda: self._all_started(known), timeout_s, "all four components")
+        poll_for(lambda: self._all_started(known), timeout_s, "every component to START")
         self._read_port()
         return self
 
@@ -199,6 +217,8 @@ class Service:
         self.port = int(receiver["port"])
         tls_port = receiver.get("tls_port")
         self.tls_port = int(tls_port) if tls_port else 0
+        metrics = self.last_start("metrics") if self.has_metrics else None
+        self.metrics_port = int(metrics["port"]) if metrics is not None else 0
 
     def receiver_count(self) -> int:
         """How many receiver processes this service runs (`receivers`, 0: one per core)."""
@@ -246,7 +266,15 @@ class Service:
             fresh = [e for e in starts if int(e.get("pid") or 0) not in known]
         procs = {e["proc"] for e in fresh}
         receivers = sum(1 for e in fresh if e["proc"] == "receiver")
-        return {"committer", "logger", "listener"} <= procs and receivers >= self.receiver_count()
+        expected = {"committer", "logger", "listener"} | (
+            {"metrics"} if self.has_metrics else set()
+        )
+        return expected <= procs and receivers >= self.receiver_count()
+
+    @property
+    def has_metrics(self) -> bool:
+        """Whether this service runs the metrics endpoint (`metrics` not empty)."""
+        return bool(self.keys.get("metrics", True))
 
     def pid_of(self, proc: str) -> int:
         """The pid in the last START of `proc`."""
@@ -317,6 +345,8 @@ class Service:
             return []
         held = []
         for entry in os.scandir(self.depot_dir):
+            if entry.name.startswith("."):
+                continue  # a node's lock file, not an instance
             try:
                 if entry.name.endswith(".part") and entry.stat().st_size == 0:
                     continue

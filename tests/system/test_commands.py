@@ -18,7 +18,7 @@ from support.service import STORSCP, Service, alive, poll_for
 
 STORAGE_MESSAGE = "An existing Storage SCP directory must be specified"
 STATUS_LINE_RE = re.compile(
-    r"^  (listener|logger|committer|receiver)(?::receiver_\d+)?\s+RUNNING\s+pid (\d+)"
+    r"^  (listener|logger|committer|receiver|metrics)(?::receiver_\d+)?\s+RUNNING\s+pid (\d+)"
     r"\s+uptime \d+:\d\d:\d\d$"
 )
 
@@ -39,12 +39,14 @@ def test_start_status_stop_answer_like_the_original_service(
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0] == "service running"
-    components = [STATUS_LINE_RE.match(line) for line in lines[1:]]
+    components = [STATUS_LINE_RE.match(line) for line in lines[1:-1]]
     assert all(components), lines
+    assert re.fullmatch(r"  health\s+ok", lines[-1]), lines  # what /healthz says
     pids = [(m[1], int(m[2])) for m in components if m]
     programs = [name for name, _ in pids]
     assert programs[:3] == ["listener", "logger", "committer"]
-    assert set(programs[3:]) == {"receiver"}  # one per core (receivers = 0)
+    assert set(programs[3:-1]) == {"receiver"}  # one per core (receivers = 0)
+    assert programs[-1] == "metrics"
     assert all(alive(pid) for _, pid in pids)
     supervisord = svc.supervisord_pid()
 
@@ -92,7 +94,7 @@ def test_restart_applies_configuration_changes(
     assert svc.supervisord_pid() == supervisord  # in place: same supervisord, same socket
     receiver = svc.wait_event("START", 30, proc="receiver", ae_title="SECOND")[-1]
     assert int(receiver["port"]) == svc.port, "a restart keeps the port it listens on"
-    poll_for(lambda: svc._all_started(starts_before), 30, "all four STARTs after restart")
+    poll_for(lambda: svc._all_started(starts_before), 30, "every START after restart")
     path = short_tmp / "after-restart.dcm"
     uid = df.make_image(path, df.CT, seed=4242)
     # Called AE titles are checked (require_called_aet): the new title is the one to call.

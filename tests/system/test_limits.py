@@ -152,3 +152,40 @@ def test_dir_mode_applies_to_the_directories_storscp_creates(
     svc.start()
     for path in (svc.depot_dir, svc.log_dir):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o770, path
+
+
+def test_remote_ae_limit_holds_across_receiver_processes(
+    service_factory: type[Service],
+) -> None:
+    # Given a modality limited to 3 associations, two receiver processes
+    svc = service_factory(
+        receivers=2,
+        remote_ae=[{"name": "busy modality", "ae_title": "LIMITED", "max_associations": 3}],
+    ).start()
+    held = [RawAssociation(svc.port) for _ in range(3)]
+    try:
+        for conn in held:
+            conn.associate(calling_ae="LIMITED")
+        # When it asks for a fourth (whichever receiver the kernel picks)
+        for _ in range(4):
+            with RawAssociation(svc.port) as extra, pytest.raises(Rejected) as info:
+                extra.associate(calling_ae="LIMITED")
+            # Then: A-ASSOCIATE-RJ transient, service-provider (presentation), local limit
+            assert (info.value.result, info.value.source, info.value.reason) == (2, 3, 2)
+        rejected = svc.wait_event("ASSOCIATION", state="rejected", calling_ae="LIMITED")
+        assert rejected[0]["reason"].startswith("local limit exceeded")
+        # and other AEs are unaffected,
+        with RawAssociation(svc.port) as other:
+            assert other.associate(calling_ae="OTHER").c_echo() == 0
+            other.release()
+        # and a released slot is the modality's again.
+        held[0].release()
+        poll_for(
+            lambda: svc.events("ASSOCIATION", state="released", calling_ae="LIMITED"), 10, "release"
+        )
+        with RawAssociation(svc.port) as again:
+            assert again.associate(calling_ae="LIMITED").c_echo() == 0
+            again.release()
+    finally:
+        for conn in held:
+            conn.close()

@@ -26,7 +26,7 @@ from support.scu import echoscu, pynetdicom_store, storescu
 from support.service import STORSCP, Service, poll_for
 
 EVENT_TYPES = {"START", "ASSOCIATION", "WRITE", "ERROR"}
-PROCS = {"receiver", "committer", "logger", "listener"}
+PROCS = {"receiver", "committer", "logger", "listener", "metrics"}
 LOG_NAMES = ("storscp1.log", "storscp2.log")
 
 
@@ -84,7 +84,7 @@ def test_start_events_name_the_service_and_every_component(service: Service) -> 
     assert receiver["storage_dir"] == str(service.storage_dir)
     assert receiver["log_dir"] == str(service.log_dir)
     # Supervisor calls a component RUNNING after startsecs; START comes first.
-    processes = 3 + service.receiver_count()
+    processes = 3 + service.receiver_count() + (1 if service.has_metrics else 0)
     status = poll_for(
         lambda: (
             (out := service.supervisorctl("status").stdout).count("RUNNING") == processes and out

@@ -2,81 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support import dicomfiles as df
+from support.prometheus import http_get
 from support.scu import DCMTK_ENV
-from support.service import Service, short_tempdir
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki() -> Iterator[Path]:
-    """A test CA, a server certificate for 127.0.0.1 and a client certificate."""
-    root = short_tempdir("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        str(root / "ca.key"),
-        "-out",
-        str(root / "ca.pem"),
-        "-subj",
-        "/CN=storscp test CA",
-    )
-    for name, extra in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(root / f"{name}.key"),
-            "-out",
-            str(root / f"{name}.csr"),
-            "-subj",
-            f"/CN=storscp test {name}",
-        )
-        ext = root / f"{name}.ext"
-        ext.write_text(extra + "\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(root / f"{name}.csr"),
-            "-CA",
-            str(root / "ca.pem"),
-            "-CAkey",
-            str(root / "ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            str(root / f"{name}.pem"),
-            "-extfile",
-            str(ext),
-        )
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+from support.service import Service
 
 
 def tls_storescu(
@@ -146,6 +83,9 @@ def test_client_certificate_required_with_ca_file(
     assert anonymous.returncode != 0
     svc.wait_event("ERROR", what="TLS handshake failed")
     assert not svc.stored_path(uid).exists()
+    # The failed handshake is counted for Prometheus too
+    status, text = http_get(f"http://127.0.0.1:{svc.metrics_port}/metrics")
+    assert status == 200 and "\nstorscp_tls_handshake_failures_total 1.0\n" in text
     result = tls_storescu(svc.tls_port, pki, [path])
     assert result.returncode == 0, result.stderr
     svc.wait_stored([uid])

@@ -32,7 +32,7 @@ def test_every_program_restarts_and_starts_in_order(tmp_path: Path) -> None:
     procs = programs(options)
     order = sorted(procs, key=lambda name: procs[name].priority)  # type: ignore[attr-defined]
     # Supervisor starts by ascending priority and stops in reverse.
-    assert order == ["listener", "logger", "committer", "receiver"]
+    assert order == ["listener", "logger", "committer", "receiver", "metrics"]
     for pc in procs.values():
         assert pc.autorestart is RestartUnconditionally  # type: ignore[attr-defined]
         assert pc.stopasgroup and pc.killasgroup  # type: ignore[attr-defined]
@@ -96,3 +96,18 @@ def test_user_runs_every_program_as_that_account(tmp_path: Path) -> None:
     procs = programs(parsed(config))
     for pc in procs.values():
         assert pc.uid == 65534  # type: ignore[attr-defined]
+
+
+def test_metrics_program_and_its_directory_follow_the_metrics_key(tmp_path: Path) -> None:
+    # Given the default configuration: the endpoint on, every program counts into bus/metrics
+    config = load(None, {"receivers": "1"}, base_dir=tmp_path)
+    procs = programs(parsed(config))
+    assert "metrics" in procs
+    for pc in procs.values():
+        env = pc.environment  # type: ignore[attr-defined]
+        assert env["PROMETHEUS_MULTIPROC_DIR"] == str(config.run_dir / "bus" / "metrics")
+    # When `metrics` is empty: no endpoint, and nobody writes metric files
+    config = load(None, {"receivers": "1", "metrics": ""}, base_dir=tmp_path)
+    procs = programs(parsed(config))
+    assert "metrics" not in procs
+    assert all("PROMETHEUS_MULTIPROC_DIR" not in pc.environment for pc in procs.values())  # type: ignore[attr-defined]

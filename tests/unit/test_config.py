@@ -52,6 +52,20 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
             "min_version",
         ),
         ('require_called_aet = "maybe"', "'require_called_aet'"),
+        ('metrics = "9112"', "'metrics'"),
+        ('metrics = "localhost"', "'metrics'"),
+        ('metrics = "127.0.0.1:99999"', "'metrics'"),
+        ('metrics = "::1:9112"', "'metrics'"),
+        ('metrics = "bad host!:9112"', "'metrics'"),
+        ("metrics = 9112", "'metrics'"),
+        ('port = 9112\nmetrics = "0.0.0.0:9112"', "'metrics'"),
+        ('node = "../other"', "'node'"),
+        ('node = ".hidden"', "'node'"),
+        ("proxy_protocol = true", "trusted_proxies is empty"),
+        ('trusted_proxies = ["10.0.0.1/24"]', "'trusted_proxies'"),
+        ('trusted_proxies = ["balancer.local"]', "'trusted_proxies'"),
+        ("trusted_proxies = [1]", "'trusted_proxies'"),
+        ('[[remote_ae]]\nname = "X"\nae_title = "Y"\nmax_associations = 0', "'max_associations'"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -116,3 +130,45 @@ def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
     config = load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path)
     assert (config.user, config.admin_group) == ("root", "root")
     assert load(None, base_dir=tmp_path).user == ""
+
+
+def test_metrics_endpoint_is_on_loopback_by_default(tmp_path: Path) -> None:
+    config = load(None, base_dir=tmp_path)
+    assert config.metrics_address == ("127.0.0.1", 9112)
+    assert config.metrics_dir == tmp_path / "run" / "bus" / "metrics"
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("", None),
+        ("0.0.0.0:9112", ("0.0.0.0", 9112)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_metrics_addresses(tmp_path: Path, value: str, address: tuple[str, int] | None) -> None:
+    config = load(None, {"metrics": value}, base_dir=tmp_path)
+    assert config.metrics_address == address
+def test_node_has_its_own_depot_and_state_beside_the_shared_storage(tmp_path: Path) -> None:
+    single = load(None, base_dir=tmp_path)
+    assert single.node == "" and single.state_dir == tmp_path / "storage" / ".storscp"
+    node = load(None, {"node": "gw-2"}, base_dir=tmp_path)
+    assert node.depot_dir == tmp_path / "storage" / "depot" / "gw-2"
+    assert node.state_dir == tmp_path / "storage" / ".storscp" / "gw-2"
+
+
+def test_scale_out_keys_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'node = "a"\nproxy_protocol = true\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\n'
+        '[[remote_ae]]\nname = "CT"\nae_title = "CT_1"\nmax_associations = 3\n'
+    )
+    config = load(path, base_dir=tmp_path)
+    assert config.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert config.remote_ae[0].max_associations == 3
+    again = tmp_path / "again.toml"
+    again.write_text(config.to_toml())
+    assert load(again) == config
+    flags = load(None, {"trusted_proxies": "::1, 192.0.2.0/24", "proxy_protocol": "yes"})
+    assert flags.trusted_proxies == ("::1", "192.0.2.0/24") and flags.proxy_protocol

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storscp.supervisor.listener import error_for
+from storscp.instruments import listener_metrics, sample_value
+from storscp.supervisor.listener import count, error_for
 
 
 def write_logs(run_dir: Path) -> None:
@@ -62,3 +63,19 @@ def test_a_numbered_process_keeps_its_program_name(tmp_path: Path) -> None:
     fields = error_for("PROCESS_STATE_BACKOFF", payload, tmp_path)
     assert fields is not None
     assert (fields["program"], fields["process"], fields["tries"]) == ("receiver", "receiver_1", 2)
+
+
+def test_exits_and_automatic_restarts_are_counted_by_program() -> None:
+    metrics = listener_metrics()
+    exited = {"processname": "receiver_1", "groupname": "receiver", "expected": "0"}
+    count(metrics, "PROCESS_STATE_EXITED", exited)
+    count(metrics, "PROCESS_STATE_EXITED", {**exited, "expected": "1"})
+    count(metrics, "PROCESS_STATE_STARTING", {**exited, "from_state": "EXITED"})
+    count(metrics, "PROCESS_STATE_STARTING", {**exited, "from_state": "BACKOFF"})
+    count(metrics, "PROCESS_STATE_STARTING", {**exited, "from_state": "STOPPED"})  # a manual start
+    count(metrics, "PROCESS_STATE_RUNNING", exited)
+    exits = "storscp_component_exits_total"
+    assert sample_value(metrics.exits, exits, program="receiver", expected="false") == 1
+    assert sample_value(metrics.exits, exits, program="receiver", expected="true") == 1
+    restarts = "storscp_component_restarts_total"
+    assert sample_value(metrics.restarts, restarts, program="receiver") == 2

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from storscp import bus
+from storscp.instruments import sample_value
 from storscp.logger import writer as writer_module
+from storscp.logger.counting import LogCounter
 from storscp.logger.lines import parse_line
 from storscp.logger.logfile import AlternatingLog
 from storscp.logger.writer import LogWriter
@@ -91,3 +93,34 @@ def test_stop_while_failing_puts_the_backlog_on_stderr(
     writer.write(event(7))
     writer.close()
     assert "unwritten: " in capsys.readouterr().err
+
+
+def test_metrics_count_lines_failures_and_drops_and_beat_only_while_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "BACKLOG_MAX_LINES", 2)
+    counter = LogCounter()
+    counter.metrics.heartbeat.interval_s = 0  # a beat is due at every update
+    m = counter.metrics
+    writer = LogWriter(AlternatingLog(tmp_path, 100_000), "logger", clock=Clock())
+    writer.write(event(0))
+    counter.update(writer)
+    assert sample_value(m.lines_written, "storscp_log_lines_written_total") == 1
+    heartbeat = m.heartbeat.gauge
+    name = "storscp_heartbeat_timestamp_seconds"
+    beat = sample_value(heartbeat, name, component="logger")
+    assert beat is not None and beat > 0
+    # When the disk fills up: one failure, two lines kept, one dropped, no beat
+    (tmp_path / "storscp1.log").unlink()
+    (tmp_path / "storscp1.log").symlink_to("/dev/full")
+    writer.logfile.reopen()
+    for n in range(1, 4):
+        writer.write(event(n))
+    counter.update(writer)
+    assert sample_value(m.write_failures, "storscp_log_write_failures_total") == 1
+    dropped = sample_value(
+        counter.dropped_family, "storscp_events_dropped_total", component="logger", queue="backlog"
+    )
+    assert dropped == 1
+    assert sample_value(heartbeat, name, component="logger") == beat
+    writer.close()

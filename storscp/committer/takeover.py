@@ -1,0 +1,60 @@
+"""A dead node's acknowledged instances, handed to a live node (`storscp recover --node`).
+
+Under the dead node's exclusive lock (storscp.nodelock), each ready file of
+`depot/<dead>/` is renamed into this node's depot under the same name (its
+arrival token), and both directories are fsynced: the one atomic rename
+on the shared filesystem that a commit also is. This node's committer then
+commits them at its next sweep, in arrival order, with its WRITE events and
+its rule that a later arrival wins, across nodes too. So the dead node's
+depot is only ever read and emptied here, never by another committer.
+
+The dead node's part files are removed (no receiver of it can finish them;
+their senders got no Success). Quarantined `.bad` files stay for an operator.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storscp.committer.commit import QUARANTINE_SUFFIX
+from storscp.committer.recover import ready_names, remove_orphaned_parts
+
+
+@dataclass
+class Takeover:
+    """What was done to a dead node's depot."""
+
+    moved: list[str] = field(default_factory=list)
+    parts_removed: list[tuple[str, int]] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+
+def take_over(dead_depot: Path, target_depot: Path) -> Takeover:
+    """Move `dead_depot`'s ready files into `target_depot`; the caller holds the dead lock."""
+    result = Takeover()
+    names = ready_names(dead_depot)
+    if names:
+        for name in names:
+            try:
+                os.rename(dead_depot / name, target_depot / name)
+            except FileNotFoundError:
+                continue
+            result.moved.append(name)
+        # Durable in the target before they leave the source, as a commit is.
+        _fsync_dir(target_depot)
+        _fsync_dir(dead_depot)
+    # Under the exclusive node lock no receiver of the dead node lives: no grace.
+    result.parts_removed = remove_orphaned_parts(dead_depot, grace_s=0.0)
+    with os.scandir(dead_depot) as entries:
+        result.quarantined = sorted(e.name for e in entries if e.name.endswith(QUARANTINE_SUFFIX))
+    return result
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""The metrics process: the Prometheus endpoint and /healthz of the whole service."""

@@ -1,0 +1,5 @@
+import sys
+
+from storscp.metrics.main import main
+
+sys.exit(main())
