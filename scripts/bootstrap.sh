@@ -72,9 +72,10 @@ if [ "$want_test" = 1 ]; then
 fi
 
 # The privilege tests run storscp as real unprivileged accounts. When the
-# venv's interpreter lives where they cannot read it (pyenv under /root),
-# they use the system's interpreter of the same version with the venv's
-# packages, so that one must exist.
+# venv's interpreter lives where they cannot read it (pyenv under /root, or
+# this checkout in root's 0700 home), they use the system's interpreter of
+# the same version with the venv's packages (copied where they can read them
+# if need be: tests/support/users.py), so that one must exist.
 if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
     pyver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     if ! runuser -u nobody -- .venv/bin/python -c '' >/dev/null 2>&1 \

@@ -9,10 +9,8 @@ This module imports nothing from the process packages.
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import os
-import pwd
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -29,13 +27,14 @@ EFFECTIVE_CONFIG_NAME = "effective.toml"
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes with the NUL).
 MAX_IPC_PATH_BYTES = 100
 
-_AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
-_EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# \Z, not $: "$" also matches before a trailing newline ("STORSCP\n", ".dcm\n").
+_AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}\Z")
+_EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?\Z")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 # POSIX portable user and group names (useradd's default rule, plus a trailing $).
-_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?\Z")
 # A node name becomes a directory name on the shared storage.
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 STATE_DIR_NAME = ".storscp"
 
 
@@ -97,6 +96,8 @@ class Config:
     receivers: int = 0
     # Reject an association whose Called AE Title is not ours.
     require_called_aet: bool = True
+    # Store instances of SOP classes pynetdicom does not list (private ones).
+    accept_unknown_sop_classes: bool = True
     # Accept any calling AE title; when false only those in [[remote_ae]].
     accept_any: bool = True
     # Associations served at once (all receivers); the next is "local limit exceeded".
@@ -176,6 +177,11 @@ class Config:
         """The components' ZeroMQ sockets: writable by `user`, unlike run_dir."""
         return self.run_dir / "bus"  # bus.BUS_DIR_NAME; config.py must not import bus
 
+    @property
+    def source(self) -> str:
+        """Where the values came from (the file, "command line" or "defaults"), for errors."""
+        return self._source
+
     def is_explicit(self, key: str) -> bool:
         """Whether the file or a flag set `key` (else it is the default)."""
         return key in self._explicit
@@ -198,6 +204,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "max_pdu_bytes": (int, "largest PDU we accept from a peer"),
     "receivers": (int, "receiver processes sharing the port (0: one per core)"),
     "require_called_aet": (bool, "reject a called AE title that is not ours"),
+    "accept_unknown_sop_classes": (bool, "store private and unknown SOP classes too"),
     "accept_any": (bool, "accept any calling AE title (else only [[remote_ae]])"),
     "max_associations": (int, "associations served at once"),
     "acse_timeout_s": (float, "wait for the association request"),
@@ -205,8 +212,8 @@ KEYS: dict[str, tuple[type, str]] = {
     "dimse_timeout_s": (float, "time to receive one PDU"),
     "max_instance_bytes": (int, "refuse larger instances (0: no limit)"),
     "min_free_bytes": (int, "refuse stores below this free space"),
-    "file_mode": (Octal, "mode of stored files, octal"),
-    "dir_mode": (Octal, "mode of directories we create, octal"),
+    "file_mode": (Octal, 'mode of stored files, octal digits ("0640")'),
+    "dir_mode": (Octal, 'mode of directories we create, octal digits ("0750")'),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
@@ -258,13 +265,18 @@ def load(
     if path is not None:
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                text = fh.read().decode("utf-8")
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"{path}: configuration file not found") from None
         except PermissionError:
             raise ConfigNotReadable(f"{path}: configuration file is not readable") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for key in MODE_KEYS:
+            if isinstance(raw.get(key), int) and not isinstance(raw[key], bool):
+                # `640` and `0o640` are both ints once parsed; the text says which.
+                raw[key] = _mode_literal(text, key) or str(raw[key])
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
@@ -297,16 +309,7 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
             return _BOOL_WORDS[value.strip().lower()]
         raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
     if kind is Octal:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
-            return Octal(value)  # TOML's own octal integers: file_mode = 0o640
-        text = str(value).strip() if isinstance(value, str) else None
-        if text and re.fullmatch(r"0?o?[0-7]{3,4}", text):
-            mode = int(text.replace("o", ""), 8)
-            if mode <= 0o7777:
-                return Octal(mode)
-        raise ConfigError(
-            f'{source}: key {key!r} must be an octal mode string such as "0640", got {value!r}'
-        )
+        return _mode(source, key, value)
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
@@ -337,6 +340,59 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
     if isinstance(value, str):
         return value
     raise ConfigError(f"{source}: key {key!r} must be a string, got {value!r}")
+
+
+MODE_KEYS = ("file_mode", "dir_mode")
+# A mode as an admin writes it: "0640", "640", 0o640 (TOML octal) or 640 (octal digits).
+_MODE_RE = re.compile(r"(0o)?([0-9]+)")
+
+
+def _mode(source: str, key: str, value: Any) -> Octal:
+    """A permission mode from its spellings; digits are always octal, bits at most 0o777.
+
+    A bare TOML integer arrives as the text of its literal (see `load`), so
+    `file_mode = 640` means 0o640, not decimal 640 (which would be 0o1200).
+    """
+    if isinstance(value, Octal):
+        return value
+    text = value.strip().lower().replace("_", "") if isinstance(value, str) else ""
+    match = _MODE_RE.fullmatch(text.removeprefix("+"))
+    if match is None or not isinstance(value, str):
+        raise ConfigError(
+            f'{source}: key {key!r} must be an octal mode such as "0640", got {value!r}'
+        )
+    digits = match.group(2)
+    if set(digits) & {"8", "9"}:
+        raise ConfigError(
+            f'{source}: key {key!r} must be octal digits 0-7 such as "0640", got {value.strip()}'
+        )
+    mode = int(digits, 8)
+    if mode > 0o777:
+        raise ConfigError(
+            f"{source}: key {key!r} must be at most 0o777 (no setuid, setgid or sticky bit),"
+            f" got {value.strip()}"
+        )
+    return Octal(mode)
+
+
+def _mode_literal(text: str, key: str) -> str | None:
+    """How `key = <integer>` is written at the top of a TOML document, if found.
+
+    TOML octal (`0o640`) stays octal; a decimal literal (`640`) is returned
+    as its digits, which `_mode` reads as octal. Hexadecimal and binary
+    literals are numbers already, returned as octal text.
+    """
+    names = f"(?:{key}|\"{key}\"|'{key}')"
+    for line in text.splitlines():
+        if line.lstrip().startswith("["):
+            return None  # top-level keys come before the first table
+        found = re.match(rf"\s*{names}\s*=\s*([+]?[0-9a-zA-Z_]+)", line)
+        if found is not None:
+            literal = found.group(1).lower().replace("_", "").removeprefix("+")
+            if literal.startswith(("0x", "0b")):
+                return f"0o{int(literal, 0):o}"
+            return literal
+    return None
 
 
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -424,7 +480,12 @@ def _absolutise(config: Config, base_dir: Path) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Raise ConfigError naming the first bad key; nothing is touched on disk."""
+    """Raise ConfigError naming the first bad key.
+
+    Pure: whether the accounts exist and the TLS files can be read is the
+    environment's business, checked once by preflight (as the account that
+    will use them), never by every component that loads the Config.
+    """
     src = config._source
     if not _AE_TITLE_RE.match(config.ae_title) or "\\" in config.ae_title:
         raise ConfigError(
@@ -478,28 +539,19 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{src}: accept_any is false but no [[remote_ae]] is listed: nobody could connect"
         )
-    if config.tls is not None:
-        _validate_tls(src, config)
+    if config.tls is not None and config.tls.port != 0 and config.tls.port == config.port:
+        raise ConfigError(f"{src}: [tls] port {config.tls.port} is the same as the plain 'port'")
     _validate_metrics(config)
     _validate_scale_out(config)
-    _validate_accounts(config)
+    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
+        if value and not _ACCOUNT_RE.match(value):
+            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
     longest = config.bus_dir / "committer.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
         raise ConfigError(
             f"{src}: key 'run_dir' is too long for a Unix socket path"
             f" ({len(str(longest).encode())} > {MAX_IPC_PATH_BYTES} bytes): {config.run_dir}"
         )
-
-
-def _validate_tls(src: str, config: Config) -> None:
-    tls = config.tls
-    assert tls is not None
-    if tls.port != 0 and tls.port == config.port:
-        raise ConfigError(f"{src}: [tls] port {tls.port} is the same as the plain 'port'")
-    for key in ("certificate", "private_key", "ca_file"):
-        path = getattr(tls, key)
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -538,6 +590,8 @@ def _may_overlap(a: str, b: str) -> bool:
     """Whether two listen addresses could collide on one port."""
     wildcard = {"0.0.0.0", "::", ""}
     return a == b or a in wildcard or b in wildcard
+
+
 def _validate_scale_out(config: Config) -> None:
     """`node`, `proxy_protocol`, `trusted_proxies`: values only, no disk, no DNS."""
     src = config._source
@@ -558,28 +612,6 @@ def _validate_scale_out(config: Config) -> None:
         raise ConfigError(
             f"{src}: proxy_protocol is true but trusted_proxies is empty: nobody could connect"
         )
-
-
-def _validate_accounts(config: Config) -> None:
-    """`user` and `admin_group` must name an account that exists here."""
-    src = config._source
-    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
-        if value and not _ACCOUNT_RE.match(value):
-            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
-    if config.user:
-        try:
-            pwd.getpwnam(config.user)
-        except KeyError:
-            raise ConfigError(
-                f"{src}: key 'user' names no user on this system: {config.user!r}"
-            ) from None
-    if config.admin_group:
-        try:
-            grp.getgrnam(config.admin_group)
-        except KeyError:
-            raise ConfigError(
-                f"{src}: key 'admin_group' names no group on this system: {config.admin_group!r}"
-            ) from None
 
 
 def _is_host(host: str) -> bool:

@@ -5,7 +5,9 @@ storage directory sees either the old file or the new one, never a partial
 one. A batch of commits shares one fsync of the storage directory; WRITE
 events follow that fsync. A ready file older than the file it would replace
 (a duplicate UID received later and already committed) is dropped instead,
-so arrival order wins even when the bus delivered out of order.
+so arrival order wins even when the bus delivered out of order. A file that
+cannot be committed is retried with a backoff and said to fail once, then
+at a bounded rate (`storscp.repeats`), so it never floods the log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from storscp import bus, depotfiles
 from storscp.committer.counting import CommitCounter
 from storscp.config import Config
 from storscp.outbox import Outbox
+from storscp.repeats import Repeats, still_failing_fields
 from storscp.uids import UIDError, storage_path
 
 log = logging.getLogger(__name__)
@@ -55,33 +58,55 @@ class Committer:
         self._storage_fd = os.open(self.storage_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.committed_total = 0
         self.counter = CommitCounter(config)
+        # A file that cannot be committed fails again at every sweep: back off, say it rarely.
+        self.repeats = Repeats(retry_s=config.depot_scan_interval_s)
 
     def close(self) -> None:
         os.close(self._storage_fd)
 
     def commit_batch(self, items: list[tuple[str, bus.InstanceStored | None]]) -> int:
-        """Commit each (ready name, what the receiver said); one directory fsync."""
+        """Commit each (ready name, what the receiver said); one directory fsync.
+
+        A file that failed is tried again with a backoff (or at once when another
+        commit works: the cause may be gone), and said to fail at a bounded rate.
+        """
         done: list[Committed] = []
         for name, info in items:
+            if not self.repeats.due(name):
+                continue
             try:
                 result = self._commit_one(name, info)
             except OSError as exc:
-                self.outbox.event(
-                    bus.EventType.ERROR,
-                    what="commit failed",
-                    depot_file=name,
-                    reason=str(exc),
-                )
+                self._failed(name, exc)
                 continue
-            if result is not None:
+            if result is None:
+                self.repeats.forget(name)
+            else:
+                self.repeats.succeeded(name)
                 done.append(result)
         if done:
             os.fsync(self._storage_fd)
+            self.repeats.retry_all_now()
         self.counter.committed(done)
         for item in done:
             self._report(item)
         self.committed_total += len(done)
+        reminder = self.repeats.reminder()
+        if reminder is not None:
+            self.outbox.event(
+                bus.EventType.ERROR,
+                what="commit failed",
+                depot_file=reminder.key,
+                **still_failing_fields(reminder),
+            )
         return len(done)
+
+    def _failed(self, name: str, exc: OSError) -> None:
+        """The first failure of a file is said at once; repeats at a bounded rate."""
+        if self.repeats.failed(name, str(exc)):
+            self.outbox.event(
+                bus.EventType.ERROR, what="commit failed", depot_file=name, reason=str(exc)
+            )
 
     def _commit_one(self, name: str, info: bus.InstanceStored | None) -> Committed | None:
         src = self.depot_dir / name

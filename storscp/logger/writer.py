@@ -8,7 +8,8 @@ backlog goes out, then one ERROR line saying how long it failed, why, and
 how many lines were dropped. While the backlog is full the logger stops
 reading its socket, so events wait in the senders' queues instead of being
 lost here. If it is still failing at stop, the backlog goes to stderr
-(Supervisor's child log): kept somewhere rather than nowhere.
+(Supervisor's child log): kept somewhere rather than nowhere. A failing
+fsync is said once, then at a bounded rate (`storscp.repeats`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from storscp import bus
 from storscp.logger.lines import encode_event
 from storscp.logger.logfile import AlternatingLog
+from storscp.repeats import Repeats, recovered_fields, still_failing_fields
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class LogWriter:
         self.failures = 0
         self.dropped_total = 0
         self._next_sync = clock() + SYNC_INTERVAL_S
+        self.fsyncs = Repeats(retry_s=SYNC_INTERVAL_S, clock=clock)
 
     @property
     def accepting(self) -> bool:
@@ -90,14 +93,33 @@ class LogWriter:
             return
         if now >= self._next_sync:
             self._next_sync = now + SYNC_INTERVAL_S
-            try:
-                self.logfile.sync()
-            except OSError as exc:
-                # fsync failed: the kernel may have dropped written pages. Say so.
-                log.error("fsync of %s failed: %s", self.logfile.current_path, exc)
-                self.error(
-                    what="log fsync failed", file=str(self.logfile.current_path), reason=str(exc)
-                )
+            self._sync()
+
+    def _sync(self) -> None:
+        """fsync what was written; a failure is said once, then at a bounded rate.
+
+        A failing fsync (the kernel may have dropped written pages) fails again
+        every second, and each ERROR line it causes is one more line to sync:
+        said every time, it would fill both files with nothing else.
+        """
+        path = str(self.logfile.current_path)
+        if not self.fsyncs.due(path):
+            return
+        try:
+            self.logfile.sync()
+        except OSError as exc:
+            if self.fsyncs.failed(path, str(exc)):
+                log.error("fsync of %s failed: %s", path, exc)
+                self.error(what="log fsync failed", file=path, reason=str(exc))
+        else:
+            recovered = self.fsyncs.succeeded(path)
+            if recovered is not None:
+                log.warning("fsync of %s works again", path)
+                self.error(what="log fsync failed", file=path, **recovered_fields(recovered))
+        reminder = self.fsyncs.reminder()
+        if reminder is not None:
+            log.error("fsync of %s still failing: %s", reminder.key, reminder.reason)
+            self.error(what="log fsync failed", file=reminder.key, **still_failing_fields(reminder))
 
     def retry(self) -> bool:
         """Reopen and write the backlog; True once writing works again."""

@@ -53,6 +53,8 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 # Some SCUs count the 6-byte PDU header in the maximum length they may send.
 PDU_LENGTH_SLACK = 6
+# At a stop, how long the A-ABORT may take to leave (a peer that does not read).
+ABORT_SEND_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,9 @@ class Connection:
         except PeerClosed:
             ending, reason, why = "aborted", "peer closed the connection", AbortReason.PEER_CLOSED
             if self._stopping:
-                reason, why = "service stopping: drain timeout reached", AbortReason.STOPPING
+                # abort() shut our reading side: the A-ABORT is ours to send, from here.
+                self.sock.settimeout(ABORT_SEND_TIMEOUT_S)
+                self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
         except TimeoutError:
             ending, reason, why = "aborted", "timed out waiting for the peer", AbortReason.TIMEOUT
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
@@ -155,6 +159,10 @@ class Connection:
             if self._service is not None:
                 self._service.discard()
             self._close()
+            if self._stopping and ending != "released":
+                # Woken by abort(), or cut off by kill() mid-send: the stop ended it.
+                ending, reason = "aborted", "service stopping: drain timeout reached"
+                why = AbortReason.STOPPING
             if self._slot is not None:
                 self.services.association_ended(self._slot)
                 fields = self.stats.fields()
@@ -164,11 +172,27 @@ class Connection:
                 self.counter.association(self._label, ending, why if ending == "aborted" else "")
 
     def abort(self) -> None:
-        """Abort from another thread (service stopping): the reader then fails."""
+        """Have the connection's own thread abort it (called by the stopping thread).
+
+        Only the owner thread reads or writes the socket: an SSL object must
+        not be used by two threads at once. Shutting down the reading side
+        wakes the owner from `recv` with end-of-file; it then sends the
+        A-ABORT itself and closes.
+        """
         self._stopping = True
-        self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
+        self._shutdown(socket.SHUT_RD)
+
+    def kill(self) -> None:
+        """Last resort after abort(): the owner is stuck sending to a peer that does not
+        read; shutting down both directions fails that send at once."""
+        self._stopping = True
+        self._shutdown(socket.SHUT_RDWR)
+
+    def _shutdown(self, how: int) -> None:
+        # socket.socket's own shutdown, also for an SSLSocket: its override
+        # drops the SSL object under the owner thread's feet.
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, how)
 
     def _close(self) -> None:
         with contextlib.suppress(OSError):

@@ -82,6 +82,10 @@ def create_locked_part(depot_dir: Path, file_mode: int) -> tuple[int, Path]:
     return fd, path
 
 
+# Empty part files each receiver keeps ready (removed at stop).
+SPARE_PARTS = 4
+
+
 class PartPool:
     """Empty part files made ahead of need, shared by a receiver's connections.
 
@@ -95,7 +99,7 @@ class PartPool:
     other, removed at close (or, after a crash, by the committer's sweep).
     """
 
-    def __init__(self, depot_dir: Path, file_mode: int, size: int = 4) -> None:
+    def __init__(self, depot_dir: Path, file_mode: int, size: int = SPARE_PARTS) -> None:
         self.depot_dir = depot_dir
         self.file_mode = file_mode
         self.size = size
@@ -194,11 +198,29 @@ class PartFile:
         name = depotfiles.ready_name(uid)
         ready = self.path.with_name(name)
         os.rename(self.path, ready)
+        try:
+            os.fsync(depot_dir_fd)
+        except OSError:
+            self._take_back(ready)
+            raise
         self.path = ready
         self._ready = True
-        os.fsync(depot_dir_fd)
         self.close()
         return name
+
+    def _take_back(self, ready: Path) -> None:
+        """Undo the rename to the ready name: the rename is not durable, so the SCU
+        is told the store failed, and the committer must not publish it.
+
+        Best effort: if the sweep took the file in that instant, or the name
+        cannot be taken back (or a power cut loses the undo), the instance
+        appears although its SCU was told it failed; the SCU sends it again
+        and the new copy replaces it (README, "What it promises").
+        """
+        try:
+            os.rename(ready, self.path)
+        except OSError as exc:
+            log.error("%s stays ready after a failed depot fsync: %s", ready, exc)
 
     def close(self) -> None:
         """Close the file (releasing the flock); idempotent."""

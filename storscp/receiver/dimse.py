@@ -9,6 +9,7 @@ validate them, not this codec.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -16,6 +17,8 @@ from enum import IntEnum
 from storscp.errors import StorscpError
 
 ELEMENT = struct.Struct("<HHL")
+# Characters an LO value may hold as we write it: printable ASCII but the backslash.
+_NOT_LO = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
 US = struct.Struct("<H")
 UL = struct.Struct("<L")
 
@@ -94,7 +97,12 @@ def _uid(value: str) -> bytes:
 
 
 def _lo(value: str) -> bytes:
-    raw = value.encode("ascii", errors="replace")[:64]
+    """One LO value: at most 64 printable ASCII characters, never a backslash.
+
+    Our comments quote what peers sent (reprs with `\\x00`, control characters);
+    a backslash would split the value in two, a control character is not allowed.
+    """
+    raw = _NOT_LO.sub("?", value[:64]).encode("ascii")
     return raw + b" " if len(raw) % 2 else raw
 
 

@@ -19,8 +19,7 @@ from storscp.component import (
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
 from storscp.instruments import HEARTBEAT_INTERVAL_S
-from storscp.receiver.server import Receiver
-from storscp.receiver.tls import TlsSetupError
+from storscp.receiver.tls import TlsSetupError, make_tls_context
 from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "receiver"
@@ -47,18 +46,23 @@ def check_depot(config: Config) -> None:
         )
 
 
+def quiet_peer_libraries() -> None:
+    """Silence pynetdicom and pydicom, once imported (pydicom sets its level then).
+
+    They only decode what peers send here, so all they log or warn about is
+    a peer's bytes (a traceback for each non-ASCII AE title, a few lines
+    quoting each invalid UID): any client could fill our stderr log. A
+    refused request is already an ERROR event of ours with the library's
+    reason in it; refused contexts are counted in the ASSOCIATION event.
+    """
+    for library in ("pynetdicom", "pydicom"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_component_config(PROC, argv)
-        # pynetdicom and pydicom only decode what peers send here, so all they
-        # log or warn about is a peer's bytes (a traceback for each non-ASCII
-        # AE title, a few lines quoting each invalid UID): any client could
-        # fill our stderr log. A refused request is already an ERROR event of
-        # ours with the library's reason in it; refused contexts are counted
-        # in the ASSOCIATION event.
-        for library in ("pynetdicom", "pydicom"):
-            logging.getLogger(library).setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\.|$)")
         stop = StopFlag()
         stop.install()
         die_with_parent()
@@ -70,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
 
     outbox = make_outbox(PROC, config, to_committer=True)
     try:
+        if config.tls is not None:
+            # Before pynetdicom's import (seconds on a busy machine): a key this
+            # account cannot read must fail within startsecs, so Supervisor
+            # marks it FATAL instead of restarting it for ever.
+            try:
+                make_tls_context(config.tls)
+            except TlsSetupError as exc:
+                outbox.event(bus.EventType.ERROR, what="receiver cannot start", reason=str(exc))
+                return report_startup_failure(PROC, StartupFailure(ExitCode.CONFIG, str(exc)))
+        from storscp.receiver.server import Receiver  # here: pynetdicom imports slowly
+
+        quiet_peer_libraries()
         receiver = Receiver(config, outbox)
         try:
             host, port, tls_port = receiver.listen()

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
 # Connections still negotiating count against this extra allowance.
 PENDING_CONNECTIONS = 16
+# After abort(), how long connections get to send their A-ABORT and close.
+ABORT_GRACE_S = 2.0
 
 
 class Receiver:
@@ -61,7 +63,7 @@ class Receiver:
         self.services = ConnectionServices(
             config=config,
             outbox=outbox,
-            negotiator=Negotiator(config.max_pdu_bytes),
+            negotiator=Negotiator(config.max_pdu_bytes, config.accept_unknown_sop_classes),
             parts=self.parts,
             limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
             depot_dir_fd=self.depot_dir_fd,
@@ -202,6 +204,13 @@ class Receiver:
         left = self._live()
         for connection in left:
             connection.abort()
+        # Each connection's own thread sends its A-ABORT; one stuck sending to a
+        # peer that does not read is cut off after ABORT_GRACE_S.
+        end = time.monotonic() + ABORT_GRACE_S
+        while self._live() and time.monotonic() < end:
+            time.sleep(0.02)
+        for connection in self._live():
+            connection.kill()
         end = time.monotonic() + 5.0
         while self._live() and time.monotonic() < end:
             time.sleep(0.02)

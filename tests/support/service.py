@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from storscp.logger.lines import ParsedLine, parse_line
 from storscp.logger.reader import read_lines
+from storscp.receiver.depot import SPARE_PARTS
 
 T = TypeVar("T")
 
@@ -336,23 +338,35 @@ class Service:
         poll_for(all_there, timeout_s, f"{len(missing)} stored files")
 
     def depot_entries(self) -> list[str]:
-        """Depot files holding instance data: ready files and non-empty parts.
+        """Depot files that should not be there now: ready files, parts holding
+        data, and empty parts beyond the spares of the live receivers.
 
-        Receivers keep a few empty `*.part` files created in advance (they
-        are removed at stop); those hold nothing and are not listed.
+        Each receiver keeps up to SPARE_PARTS empty `*.part` files created in
+        advance: those are counted per receiver (its pid is in their names),
+        not listed, while they are no more than its pool; those of a receiver
+        that is gone are listed (it removes its own at stop, the committer's
+        sweep those of one that was killed), so after a stop none may remain.
         """
         if not self.depot_dir.is_dir():
             return []
-        held = []
+        held: list[str] = []
+        spares: list[str] = []
         for entry in os.scandir(self.depot_dir):
             if entry.name.startswith("."):
                 continue  # a node's lock file, not an instance
             try:
-                if entry.name.endswith(".part") and entry.stat().st_size == 0:
-                    continue
+                empty_part = entry.name.endswith(".part") and entry.stat().st_size == 0
             except FileNotFoundError:
                 continue
-            held.append(entry.name)
+            (spares if empty_part else held).append(entry.name)
+        if spares:
+            live = set(self.live_components("receiver"))
+            per_receiver = Counter(_creator_pid(name) for name in spares)
+            held += [
+                name
+                for name in spares
+                if _creator_pid(name) not in live or per_receiver[_creator_pid(name)] > SPARE_PARTS
+            ]
         return sorted(held)
 
     # -- supervision --------------------------------------------------------
@@ -444,6 +458,12 @@ class Service:
             if matches and _alive(int(entry)):
                 found.append(int(entry))
         return sorted(found)
+
+
+def _creator_pid(part_name: str) -> int | None:
+    """The pid in a part file's name (`<nanoseconds>-<pid>-<n>.part`)."""
+    fields = part_name.split("-")
+    return int(fields[1]) if len(fields) == 3 and fields[1].isdigit() else None
 
 
 def _cmdline_has(pid: int, text: str) -> bool:

@@ -196,6 +196,34 @@ def test_missing_config_file_is_refused(short_tmp: Path) -> None:
     assert "configuration file not found" in result.stderr
 
 
+@pytest.mark.parametrize("spelling", ['"0640"', '"640"', "0o640", "640"])
+def test_issue_10_storscp_config_shows_the_mode_an_admin_wrote(
+    short_tmp: Path, spelling: str
+) -> None:
+    # Given `file_mode = 640` (or "0640", "640", 0o640) and the same for dir_mode
+    path = short_tmp / "modes.toml"
+    path.write_text(f"file_mode = {spelling}\ndir_mode = {spelling.replace('64', '75')}\n")
+    # When the admin asks for the effective configuration
+    result = subprocess.run(
+        [STORSCP, "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    # Then both are the octal modes written, not decimal 640 = 0o1200
+    assert result.returncode == 0, result.stderr
+    assert 'file_mode = "0640"' in result.stdout.splitlines()
+    assert 'dir_mode = "0750"' in result.stdout.splitlines()
+
+
+def test_issue_10_storscp_config_refuses_a_mode_beyond_0o777(short_tmp: Path) -> None:
+    path = short_tmp / "modes.toml"
+    path.write_text("dir_mode = 1750\n")
+    result = subprocess.run(
+        [STORSCP, "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert_no_traceback(result)
+    assert result.returncode == 78
+    assert f"{path}: key 'dir_mode' must be at most 0o777" in result.stderr
+
+
 # -- a component that cannot start ------------------------------------------------
 
 

@@ -47,6 +47,20 @@ def test_hostile_ae_title_cannot_split_or_forge_a_line() -> None:
     assert parsed["k_v"] == "a=b"
 
 
+def test_issue_10_a_trailing_newline_is_escaped_in_proc_values_and_the_time() -> None:
+    # Given values that are plain ASCII up to a trailing newline ("$" matches before it)
+    event = bus.Event(
+        bus.EventType.WRITE, "0\n", {"path": "/x\n", "n": "1"}, time="2026-11-27T10:00:00+00:00\n"
+    )
+    # When formatted, then the line is one line and every value reads back as sent
+    line = format_event(event)
+    assert line.count("\n") == 1, line
+    parsed = parse_line(line)
+    assert parsed is not None and parsed.type == "WRITE"
+    assert (parsed["proc"], parsed["path"], parsed["n"]) == ("0\n", "/x\n", "1")
+    assert "\n" not in parsed.time
+
+
 def test_cut_line_marks_and_respects_utf8() -> None:
     line = ("é" * 100 + "\n").encode()
     cut = cut_line(line, 51)

@@ -124,3 +124,19 @@ def test_metrics_count_lines_failures_and_drops_and_beat_only_while_writing(
     assert dropped == 1
     assert sample_value(heartbeat, name, component="logger") == beat
     writer.close()
+
+
+def test_issue_10_a_failing_fsync_is_said_once_then_at_a_bounded_rate(tmp_path: Path) -> None:
+    # Given a log file whose writes work and whose fsync fails for real (EINVAL)
+    (tmp_path / "storscp1.log").symlink_to("/dev/null")
+    clock = Clock()
+    writer = LogWriter(AlternatingLog(tmp_path, 100_000), "logger", clock=clock)
+    writer.write(event(0))
+    # When the logger ticks for an hour (it tries to fsync every second)
+    for _ in range(3600):
+        clock.now += writer_module.SYNC_INTERVAL_S
+        writer.tick()
+    # Then it said so once, then "still failing" at 1, 3, 7, 15, 31 minutes: not 3600 times
+    assert writer.written - 1 == 1 + 5
+    failing = writer.fsyncs.failing[str(tmp_path / "storscp1.log")]
+    assert "Invalid argument" in failing.reason and failing.attempts > 60
