@@ -44,6 +44,7 @@ from support.powerloss import (
     service_pids,
 )
 from support.scu import pynetdicom_store
+from support.service import poll_for
 
 SHORT_CUTS = 3
 LONG_CUTS = int(os.environ.get("STORSCP_POWER_CUTS", "40"))
@@ -134,6 +135,8 @@ def test_storscp_keeps_what_it_acknowledged_through_a_power_cut(
     (extra,) = make_instances(rig.sent_dir, 1, seed=820_000)
     assert pynetdicom_store(svc.port, [(extra.path, df.CT, EXPLICIT_LE)]) == [0]
     svc.wait_stored([extra.uid])
+    # And the killed receiver's spare parts are swept once their grace period is over
+    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to be swept")
 
 
 CUTS = [
