@@ -46,7 +46,7 @@ from support.powerloss import (
 from support.scu import pynetdicom_store
 from support.service import poll_for
 
-SHORT_CUTS = 3
+SHORT_CUTS = 2
 LONG_CUTS = int(os.environ.get("STORSCP_POWER_CUTS", "40"))
 SEED = int(os.environ.get("STORSCP_POWER_SEED", str(time.time_ns() % 1_000_000)))
 CONTRAST_INSTANCES = 20
