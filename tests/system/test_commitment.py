@@ -362,6 +362,8 @@ def test_kill_9_of_the_receiver_holding_the_association_falls_back_to_a_new_one(
         assert not report.same_association and report.event_type == 1
         assert sorted(report.committed) == sorted(refs_of(stored))
         svc.wait_running_again("receiver", victim, 15)
+        # The killed receiver's spare parts are the committer's sweep's to remove
+        poll_for(lambda: svc.depot_entries() == [], 60, "the dead receiver's spares swept")
     finally:
         modality.stop_listening()
 
