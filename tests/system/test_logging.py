@@ -84,7 +84,7 @@ def test_start_events_name_the_service_and_every_component(service: Service) -> 
     assert receiver["storage_dir"] == str(service.storage_dir)
     assert receiver["log_dir"] == str(service.log_dir)
     # Supervisor calls a component RUNNING after startsecs; START comes first.
-    processes = 4 + service.receiver_count() + (1 if service.has_metrics else 0)
+    processes = len(service.singles) + service.receiver_count() + (1 if service.has_metrics else 0)
     status = poll_for(
         lambda: (
             (out := service.supervisorctl("status").stdout).count("RUNNING") == processes and out
