@@ -70,6 +70,14 @@ def _cpu_ticks(pid: int) -> int:
     return sum(int(fields[i]) for i in (11, 12, 13, 14))
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of one live process itself, None if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
 def tree_cpu_s(root: int) -> float:
     """CPU seconds used so far by the tree, dead and reaped descendants included."""
     previous = -1

@@ -27,12 +27,21 @@ if [ ! -f "$stamp$extras" ] || [ setup.cfg -nt "$stamp$extras" ]; then
 fi
 
 # Debian packages the tests need: "command package" pairs, installed when the
-# command is missing. The tests run these real programs; none is mocked.
+# command is missing (a path instead of a command: when that file is missing).
+# The tests run these real programs; none is mocked. LazyFS (vendor/, the
+# power-loss tests) is compiled by the tests from the FUSE, spdlog and toml11
+# packages, and mounted with fuse3's fusermount3.
 TEST_DEBS=(
     "storescu dcmtk"
     "Orthanc orthanc"
     "prometheus prometheus"
     "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
+    "cmake cmake"
+    "g++ g++"
+    "fusermount3 fuse3"
+    "/usr/include/fuse3/fuse.h libfuse3-dev"
+    "/usr/include/spdlog/spdlog.h libspdlog-dev"
+    "/usr/include/toml.hpp libtoml11-dev"
 )
 
 apt_install() {
@@ -45,8 +54,12 @@ if [ "$want_test" = 1 ]; then
     missing=()
     for pair in "${TEST_DEBS[@]}"; do
         read -r cmd pkg <<<"$pair"
-        # /usr/sbin (Orthanc) may be missing from an ordinary account's PATH.
-        command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+        if [[ "$cmd" == /* ]]; then
+            [ -e "$cmd" ] || missing+=("$pkg")
+        else
+            # /usr/sbin (Orthanc) may be missing from an ordinary account's PATH.
+            command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+        fi
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" != 0 ]; then
@@ -59,9 +72,10 @@ if [ "$want_test" = 1 ]; then
 fi
 
 # The privilege tests run storscp as real unprivileged accounts. When the
-# venv's interpreter lives where they cannot read it (pyenv under /root),
-# they use the system's interpreter of the same version with the venv's
-# packages, so that one must exist.
+# venv's interpreter lives where they cannot read it (pyenv under /root, or
+# this checkout in root's 0700 home), they use the system's interpreter of
+# the same version with the venv's packages (copied where they can read them
+# if need be: tests/support/users.py), so that one must exist.
 if [ "$want_test" = 1 ] && [ "$(id -u)" = 0 ]; then
     pyver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     if ! runuser -u nobody -- .venv/bin/python -c '' >/dev/null 2>&1 \

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from storscp import bus, nodelock
+from storscp import bus, depotfiles, nodelock
+from storscp.arrival import Arrival
+from storscp.commitmentfiles import RequestStore
 from storscp.config import Config, ConfigError, load
 from storscp.errors import StorscpError
 from storscp.exitcodes import ExitCode
@@ -63,11 +66,15 @@ def prepare_metrics_dir(config: Config) -> None:
         ) from None
 
 
-def make_outbox(proc: str, config: Config, *, to_committer: bool = False) -> Outbox:
-    """An outbox to the logger (and the committer for receivers), started."""
+def make_outbox(
+    proc: str, config: Config, *, to_committer: bool = False, to_commitment: bool = False
+) -> Outbox:
+    """An outbox to the logger (and the committer, the commitment process), started."""
     endpoints = {"logger": bus.logger_endpoint(config.run_dir)}
     if to_committer:
         endpoints["committer"] = bus.committer_endpoint(config.run_dir)
+    if to_commitment:
+        endpoints["commitment"] = bus.commitment_endpoint(config.run_dir)
     outbox = Outbox(proc, endpoints)
     outbox.start()
     return outbox
@@ -102,3 +109,35 @@ def report_startup_failure(proc: str, exc: StartupFailure) -> int:
     """Say why on stderr (Supervisor's child log) and return the exit code."""
     print(f"storscp {proc}: {exc}", file=sys.stderr, flush=True)
     return int(exc.code)
+
+
+def prepare_commitment_dir(config: Config) -> None:
+    """The storage directory must exist; the pending commitment requests' directory
+    (in state_dir) is ours to create and must be writable."""
+    if not config.storage_dir.is_dir():
+        raise StartupFailure(
+            ExitCode.CANTCREAT,
+            f"An existing Storage SCP directory must be specified: {config.storage_dir}"
+            " does not exist or is not a directory",
+        )
+    path = config.commitment_dir
+    try:
+        RequestStore(path, dir_mode=int(config.dir_mode)).create_dirs()
+    except OSError as exc:
+        raise StartupFailure(ExitCode.CANTCREAT, f"cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupFailure(ExitCode.CANTCREAT, f"{path} is not writable by uid {os.geteuid()}")
+
+
+def open_arrival(config: Config) -> Arrival:
+    """The arrival clock of this node's depot; makes `state_dir` if it is missing.
+
+    StartupFailure(CANTCREAT) if the state directory or boot counter cannot be written.
+    """
+    try:
+        config.state_dir.mkdir(mode=int(config.dir_mode), parents=True, exist_ok=True)
+        return Arrival(config.state_dir, depotfiles.highest_boot(config.depot_dir))
+    except OSError as exc:
+        raise StartupFailure(
+            ExitCode.CANTCREAT, f"cannot use state directory {config.state_dir}: {exc}"
+        ) from None

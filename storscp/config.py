@@ -9,10 +9,8 @@ This module imports nothing from the process packages.
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import os
-import pwd
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -24,18 +22,20 @@ import tomli_w
 from storscp.errors import StorscpError
 
 DEFAULT_CONFIG_NAME = "storscp.toml"
+LAYOUTS = ("flat", "study")
 EFFECTIVE_CONFIG_NAME = "effective.toml"
 
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes with the NUL).
 MAX_IPC_PATH_BYTES = 100
 
-_AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
-_EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# \Z, not $: "$" also matches before a trailing newline ("STORSCP\n", ".dcm\n").
+_AE_TITLE_RE = re.compile(r"^[\x20-\x7e]{1,16}\Z")
+_EXTENSION_RE = re.compile(r"^(\.[A-Za-z0-9_-]{1,16})?\Z")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 # POSIX portable user and group names (useradd's default rule, plus a trailing $).
-_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?\Z")
 # A node name becomes a directory name on the shared storage.
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 STATE_DIR_NAME = ".storscp"
 
 
@@ -54,7 +54,11 @@ DEFAULT_DIR_MODE = Octal(0o750)
 
 @dataclass(frozen=True, slots=True)
 class RemoteAE:
-    """A `[[remote_ae]]` table: a peer allowed when `accept_any` is false."""
+    """A `[[remote_ae]]` table: a peer allowed when `accept_any` is false.
+
+    With `storage_commitment`, it may ask for Storage Commitment, and its
+    reports go to `host`:`port` when its association has ended.
+    """
 
     name: str
     ae_title: str
@@ -62,6 +66,7 @@ class RemoteAE:
     port: int | None = None
     # Associations of this AE (from this host) at once, across receivers; None: no own cap.
     max_associations: int | None = None
+    storage_commitment: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,8 @@ class Config:
     receivers: int = 0
     # Reject an association whose Called AE Title is not ours.
     require_called_aet: bool = True
+    # Store instances of SOP classes pynetdicom does not list (private ones).
+    accept_unknown_sop_classes: bool = True
     # Accept any calling AE title; when false only those in [[remote_ae]].
     accept_any: bool = True
     # Associations served at once (all receivers); the next is "local limit exceeded".
@@ -118,12 +125,31 @@ class Config:
     depot_scan_interval_s: float = 2.0
     # A receiver lets associations in flight finish for this long on SIGTERM.
     drain_timeout_s: float = 20.0
+    # Storage Commitment: wait this long for acknowledged instances to be committed.
+    commitment_wait_s: float = 30.0
+    # First delay before a report is retried on a new association; doubles up to the max.
+    commitment_retry_s: float = 10.0
+    commitment_retry_max_s: float = 300.0
+    # A report not delivered this long after its request is given up (an ERROR).
+    commitment_deadline_s: float = 3600.0
+    # More references in one N-ACTION are refused (0x0213 Resource limitation).
+    commitment_max_references: int = 4096
     remote_ae: tuple[RemoteAE, ...] = ()
     tls: TlsConfig | None = None
     # Members of this group may use the control socket (status, stop, restart).
     admin_group: str = ""
     # Run the components as this account (supervisord itself stays root).
     user: str = ""
+    # Where committed instances go: "flat" <UID><ext>, or "study" <Study>/<Series>/<UID><ext>.
+    layout: str = "flat"
+    # A study with no new instance for this long gets one study_complete (0: never).
+    study_quiet_s: float = 60.0
+    # The feed's history is cut, oldest first, beyond this size or age (0: no bound).
+    feed_max_bytes: int = 256 * 1024 * 1024
+    feed_max_age_s: float = 7 * 24 * 3600.0
+    # ZeroMQ endpoints of the feed ("": ipc sockets in <run_dir>/bus/).
+    feed_live_endpoint: str = ""
+    feed_replay_endpoint: str = ""
     # HOST:PORT of the Prometheus endpoint and /healthz; empty: no endpoint.
     # Loopback by default: the numbers name the modalities that talk to us.
     metrics: str = DEFAULT_METRICS
@@ -153,6 +179,11 @@ class Config:
         return state / self.node if self.node else state
 
     @property
+    def commitment_dir(self) -> Path:
+        """Pending Storage Commitment requests of this node (commitmentfiles.py)."""
+        return self.state_dir / "commitment"
+
+    @property
     def receiver_count(self) -> int:
         """How many receiver processes run: `receivers`, or one per CPU core."""
         return self.receivers or max(1, os.cpu_count() or 1)
@@ -176,6 +207,11 @@ class Config:
         """The components' ZeroMQ sockets: writable by `user`, unlike run_dir."""
         return self.run_dir / "bus"  # bus.BUS_DIR_NAME; config.py must not import bus
 
+    @property
+    def source(self) -> str:
+        """Where the values came from (the file, "command line" or "defaults"), for errors."""
+        return self._source
+
     def is_explicit(self, key: str) -> bool:
         """Whether the file or a flag set `key` (else it is the default)."""
         return key in self._explicit
@@ -198,6 +234,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "max_pdu_bytes": (int, "largest PDU we accept from a peer"),
     "receivers": (int, "receiver processes sharing the port (0: one per core)"),
     "require_called_aet": (bool, "reject a called AE title that is not ours"),
+    "accept_unknown_sop_classes": (bool, "store private and unknown SOP classes too"),
     "accept_any": (bool, "accept any calling AE title (else only [[remote_ae]])"),
     "max_associations": (int, "associations served at once"),
     "acse_timeout_s": (float, "wait for the association request"),
@@ -205,12 +242,23 @@ KEYS: dict[str, tuple[type, str]] = {
     "dimse_timeout_s": (float, "time to receive one PDU"),
     "max_instance_bytes": (int, "refuse larger instances (0: no limit)"),
     "min_free_bytes": (int, "refuse stores below this free space"),
-    "file_mode": (Octal, "mode of stored files, octal"),
-    "dir_mode": (Octal, "mode of directories we create, octal"),
+    "file_mode": (Octal, 'mode of stored files, octal digits ("0640")'),
+    "dir_mode": (Octal, 'mode of directories we create, octal digits ("0750")'),
     "depot_scan_interval_s": (float, "committer's depot sweep period"),
     "drain_timeout_s": (float, "how long a stop waits for associations"),
+    "commitment_wait_s": (float, "Storage Commitment: wait for acknowledged instances"),
+    "commitment_retry_s": (float, "Storage Commitment: first retry of a report"),
+    "commitment_retry_max_s": (float, "Storage Commitment: longest delay between retries"),
+    "commitment_deadline_s": (float, "Storage Commitment: give a report up after this"),
+    "commitment_max_references": (int, "Storage Commitment: most references per request"),
     "admin_group": (str, "group allowed to status/stop/restart (empty: owner only)"),
     "user": (str, "account the components run as (empty: the one starting them)"),
+    "layout": (str, 'storage layout: "flat" or "study" (<Study>/<Series>/<UID>)'),
+    "study_quiet_s": (float, "quiet time before study_complete (0: off)"),
+    "feed_max_bytes": (int, "feed history size bound (0: none)"),
+    "feed_max_age_s": (float, "feed history age bound (0: none)"),
+    "feed_live_endpoint": (str, "feed PUB endpoint (empty: ipc in run_dir/bus)"),
+    "feed_replay_endpoint": (str, "feed replay endpoint (empty: ipc in run_dir/bus)"),
     "metrics": (str, "HOST:PORT of the Prometheus endpoint and /healthz (empty: none)"),
     "node": (str, "this gateway's name when several share storage_dir (depot/<node>/)"),
     "proxy_protocol": (bool, "connections start with a PROXY header from trusted_proxies"),
@@ -258,13 +306,18 @@ def load(
     if path is not None:
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                text = fh.read().decode("utf-8")
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"{path}: configuration file not found") from None
         except PermissionError:
             raise ConfigNotReadable(f"{path}: configuration file is not readable") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for key in MODE_KEYS:
+            if isinstance(raw.get(key), int) and not isinstance(raw[key], bool):
+                # `640` and `0o640` are both ints once parsed; the text says which.
+                raw[key] = _mode_literal(text, key) or str(raw[key])
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
@@ -297,16 +350,7 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
             return _BOOL_WORDS[value.strip().lower()]
         raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
     if kind is Octal:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
-            return Octal(value)  # TOML's own octal integers: file_mode = 0o640
-        text = str(value).strip() if isinstance(value, str) else None
-        if text and re.fullmatch(r"0?o?[0-7]{3,4}", text):
-            mode = int(text.replace("o", ""), 8)
-            if mode <= 0o7777:
-                return Octal(mode)
-        raise ConfigError(
-            f'{source}: key {key!r} must be an octal mode string such as "0640", got {value!r}'
-        )
+        return _mode(source, key, value)
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
@@ -339,6 +383,59 @@ def _coerce(source: str, key: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"{source}: key {key!r} must be a string, got {value!r}")
 
 
+MODE_KEYS = ("file_mode", "dir_mode")
+# A mode as an admin writes it: "0640", "640", 0o640 (TOML octal) or 640 (octal digits).
+_MODE_RE = re.compile(r"(0o)?([0-9]+)")
+
+
+def _mode(source: str, key: str, value: Any) -> Octal:
+    """A permission mode from its spellings; digits are always octal, bits at most 0o777.
+
+    A bare TOML integer arrives as the text of its literal (see `load`), so
+    `file_mode = 640` means 0o640, not decimal 640 (which would be 0o1200).
+    """
+    if isinstance(value, Octal):
+        return value
+    text = value.strip().lower().replace("_", "") if isinstance(value, str) else ""
+    match = _MODE_RE.fullmatch(text.removeprefix("+"))
+    if match is None or not isinstance(value, str):
+        raise ConfigError(
+            f'{source}: key {key!r} must be an octal mode such as "0640", got {value!r}'
+        )
+    digits = match.group(2)
+    if set(digits) & {"8", "9"}:
+        raise ConfigError(
+            f'{source}: key {key!r} must be octal digits 0-7 such as "0640", got {value.strip()}'
+        )
+    mode = int(digits, 8)
+    if mode > 0o777:
+        raise ConfigError(
+            f"{source}: key {key!r} must be at most 0o777 (no setuid, setgid or sticky bit),"
+            f" got {value.strip()}"
+        )
+    return Octal(mode)
+
+
+def _mode_literal(text: str, key: str) -> str | None:
+    """How `key = <integer>` is written at the top of a TOML document, if found.
+
+    TOML octal (`0o640`) stays octal; a decimal literal (`640`) is returned
+    as its digits, which `_mode` reads as octal. Hexadecimal and binary
+    literals are numbers already, returned as octal text.
+    """
+    names = f"(?:{key}|\"{key}\"|'{key}')"
+    for line in text.splitlines():
+        if line.lstrip().startswith("["):
+            return None  # top-level keys come before the first table
+        found = re.match(rf"\s*{names}\s*=\s*([+]?[0-9a-zA-Z_]+)", line)
+        if found is not None:
+            literal = found.group(1).lower().replace("_", "").removeprefix("+")
+            if literal.startswith(("0x", "0b")):
+                return f"0o{int(literal, 0):o}"
+            return literal
+    return None
+
+
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 TABLES = {"remote_ae", "tls"}
 TLS_VERSIONS = ("1.2", "1.3")
@@ -350,7 +447,14 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
     out = []
     for i, table in enumerate(value):
         where = f"{source}: [[remote_ae]] #{i + 1}"
-        extra = set(table) - {"name", "ae_title", "host", "port", "max_associations"}
+        extra = set(table) - {
+            "name",
+            "ae_title",
+            "host",
+            "port",
+            "max_associations",
+            "storage_commitment",
+        }
         if extra:
             raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
         for key in ("name", "ae_title"):
@@ -369,7 +473,24 @@ def _remote_aes(source: str, value: Any) -> tuple[RemoteAE, ...]:
             not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000
         ):
             raise ConfigError(f"{where}: key 'max_associations' must be 1-10000")
-        out.append(RemoteAE(table["name"], table["ae_title"].strip(), host, port, limit))
+        commitment = table.get("storage_commitment", False)
+        if not isinstance(commitment, bool):
+            raise ConfigError(f"{where}: key 'storage_commitment' must be true or false")
+        if commitment and (host is None or port is None):
+            raise ConfigError(
+                f"{where}: key 'storage_commitment' needs 'host' and 'port':"
+                " reports go there once the association that asked has ended"
+            )
+        out.append(
+            RemoteAE(
+                table["name"],
+                table["ae_title"].strip(),
+                host,
+                port,
+                max_associations=limit,
+                storage_commitment=commitment,
+            )
+        )
     return tuple(out)
 
 
@@ -424,7 +545,12 @@ def _absolutise(config: Config, base_dir: Path) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Raise ConfigError naming the first bad key; nothing is touched on disk."""
+    """Raise ConfigError naming the first bad key.
+
+    Pure: whether the accounts exist and the TLS files can be read is the
+    environment's business, checked once by preflight (as the account that
+    will use them), never by every component that loads the Config.
+    """
     src = config._source
     if not _AE_TITLE_RE.match(config.ae_title) or "\\" in config.ae_title:
         raise ConfigError(
@@ -474,16 +600,21 @@ def validate(config: Config) -> None:
     for key in ("max_instance_bytes", "min_free_bytes"):
         if getattr(config, key) < 0:
             raise ConfigError(f"{src}: key {key!r} must be 0 or more")
+    _validate_commitment(config)
     if not config.accept_any and not config.remote_ae:
         raise ConfigError(
             f"{src}: accept_any is false but no [[remote_ae]] is listed: nobody could connect"
         )
-    if config.tls is not None:
-        _validate_tls(src, config)
+    _validate_feed(src, config)
+    if config.tls is not None and config.tls.port != 0 and config.tls.port == config.port:
+        raise ConfigError(f"{src}: [tls] port {config.tls.port} is the same as the plain 'port'")
     _validate_metrics(config)
     _validate_scale_out(config)
-    _validate_accounts(config)
-    longest = config.bus_dir / "committer.sock"
+    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
+        if value and not _ACCOUNT_RE.match(value):
+            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
+    # The longest name in bus/: a receiver's own socket, named by its pid.
+    longest = config.bus_dir / "receiver-4194304.sock"
     if len(str(longest).encode()) > MAX_IPC_PATH_BYTES:
         raise ConfigError(
             f"{src}: key 'run_dir' is too long for a Unix socket path"
@@ -491,16 +622,82 @@ def validate(config: Config) -> None:
         )
 
 
-def _validate_tls(src: str, config: Config) -> None:
-    tls = config.tls
-    assert tls is not None
-    if tls.port != 0 and tls.port == config.port:
-        raise ConfigError(f"{src}: [tls] port {tls.port} is the same as the plain 'port'")
-    for key in ("certificate", "private_key", "ca_file"):
-        path = getattr(tls, key)
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"{src}: [tls] key {key!r}: {path} does not exist or is not readable")
+def _validate_commitment(config: Config) -> None:
+    src = config._source
+    limits = (
+        ("commitment_wait_s", 0.0, 3600.0),
+        ("commitment_retry_s", 0.05, 86400.0),
+        ("commitment_retry_max_s", 0.05, 86400.0),
+        ("commitment_deadline_s", 1.0, 30 * 86400.0),
+    )
+    for key, low, high in limits:
+        value = getattr(config, key)
+        if not low <= value <= high:
+            raise ConfigError(f"{src}: key {key!r} must be {low:g}-{high:g} seconds, got {value}")
+    if config.commitment_retry_max_s < config.commitment_retry_s:
+        raise ConfigError(
+            f"{src}: key 'commitment_retry_max_s' must be at least commitment_retry_s"
+            f" ({config.commitment_retry_s}), got {config.commitment_retry_max_s}"
+        )
+    if not 1 <= config.commitment_max_references <= 65536:
+        raise ConfigError(
+            f"{src}: key 'commitment_max_references' must be 1-65536,"
+            f" got {config.commitment_max_references}"
+        )
 
+
+def _validate_feed(src: str, config: Config) -> None:
+    if config.layout not in LAYOUTS:
+        raise ConfigError(
+            f"{src}: key 'layout' must be one of {', '.join(LAYOUTS)}, got {config.layout!r}"
+        )
+    if config.study_quiet_s != 0 and not 0.1 <= config.study_quiet_s <= 7 * 86400:
+        raise ConfigError(
+            f"{src}: key 'study_quiet_s' must be 0 or 0.1-604800, got {config.study_quiet_s}"
+        )
+    if config.feed_max_bytes != 0 and config.feed_max_bytes < MIN_FEED_BYTES:
+        raise ConfigError(
+            f"{src}: key 'feed_max_bytes' must be 0 or at least {MIN_FEED_BYTES},"
+            f" got {config.feed_max_bytes}"
+        )
+    if config.feed_max_age_s < 0:
+        raise ConfigError(f"{src}: key 'feed_max_age_s' must be 0 or more")
+    for key in ("feed_live_endpoint", "feed_replay_endpoint"):
+        problem = _endpoint_problem(getattr(config, key))
+        if problem:
+            raise ConfigError(f"{src}: key {key!r} {problem}")
+    live, replay = config.feed_live_endpoint, config.feed_replay_endpoint
+    if live and live == replay:
+        raise ConfigError(f"{src}: keys 'feed_live_endpoint' and 'feed_replay_endpoint' are equal")
+
+
+MIN_FEED_BYTES = 64 * 1024
+_TCP_ENDPOINT_RE = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[0-9.]+):([0-9]{1,5})$")
+
+
+def _endpoint_problem(endpoint: str) -> str:
+    """Why `endpoint` is not a ZeroMQ address we bind ('' if it is fine)."""
+    if not endpoint:
+        return ""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        if not path.startswith("/"):
+            return f"must be ipc:///absolute/path, got {endpoint!r}"
+        if len(path.encode()) > MAX_IPC_PATH_BYTES:
+            return f"is too long for a Unix socket path: {endpoint!r}"
+        return ""
+    match = _TCP_ENDPOINT_RE.match(endpoint)
+    if match is None:
+        return f"must be tcp://IP:PORT or ipc:///path, got {endpoint!r}"
+    host = match.group(1).strip("[]")
+    if host != "*":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"must name an IP address, got {endpoint!r}"
+    if not 1 <= int(match.group(2)) <= 65535:
+        return f"port must be 1-65535, got {endpoint!r}"
+    return ""
 
 def parse_address(text: str) -> tuple[str, int]:
     """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); ValueError if it is neither."""
@@ -538,6 +735,8 @@ def _may_overlap(a: str, b: str) -> bool:
     """Whether two listen addresses could collide on one port."""
     wildcard = {"0.0.0.0", "::", ""}
     return a == b or a in wildcard or b in wildcard
+
+
 def _validate_scale_out(config: Config) -> None:
     """`node`, `proxy_protocol`, `trusted_proxies`: values only, no disk, no DNS."""
     src = config._source
@@ -558,28 +757,6 @@ def _validate_scale_out(config: Config) -> None:
         raise ConfigError(
             f"{src}: proxy_protocol is true but trusted_proxies is empty: nobody could connect"
         )
-
-
-def _validate_accounts(config: Config) -> None:
-    """`user` and `admin_group` must name an account that exists here."""
-    src = config._source
-    for key, value in (("user", config.user), ("admin_group", config.admin_group)):
-        if value and not _ACCOUNT_RE.match(value):
-            raise ConfigError(f"{src}: key {key!r} must be an account name, got {value!r}")
-    if config.user:
-        try:
-            pwd.getpwnam(config.user)
-        except KeyError:
-            raise ConfigError(
-                f"{src}: key 'user' names no user on this system: {config.user!r}"
-            ) from None
-    if config.admin_group:
-        try:
-            grp.getgrnam(config.admin_group)
-        except KeyError:
-            raise ConfigError(
-                f"{src}: key 'admin_group' names no group on this system: {config.admin_group!r}"
-            ) from None
 
 
 def _is_host(host: str) -> bool:

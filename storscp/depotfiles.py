@@ -1,9 +1,9 @@
 """Names of the files in `<storage_dir>/depot/`, shared by receiver and committer.
 
-A receiver streams into `<token>.part` while holding an exclusive flock;
-once durable it renames it to `<token>_<uid>.ready`. Tokens start with the
-wall-clock nanoseconds at which the name was made, so sorting ready names
-gives arrival order across all receiver processes.
+A receiver streams into `<unique>.part` while holding an exclusive flock;
+once durable it renames it to `<arrival token>_<uid>.ready` (see arrival.py:
+tokens sort in arrival order across receiver processes and boots). Part
+names only need to be unique, so they may use the wall clock.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from pathlib import Path
+
+from storscp import arrival
 
 PART_SUFFIX = ".part"
 READY_SUFFIX = ".ready"
@@ -18,18 +21,18 @@ READY_SUFFIX = ".ready"
 _counter = itertools.count()
 
 
-def new_token() -> str:
-    """A name unique across processes and sortable by time."""
+def unique_name() -> str:
+    """A name no other process or thread makes (order does not matter)."""
     return f"{time.time_ns():019d}-{os.getpid()}-{next(_counter)}"
 
 
-def part_name(token: str) -> str:
-    return token + PART_SUFFIX
+def part_name(unique: str) -> str:
+    return unique + PART_SUFFIX
 
 
-def ready_name(uid: str) -> str:
-    """A fresh ready name for `uid`, made at the moment it becomes ready."""
-    return f"{new_token()}_{uid}{READY_SUFFIX}"
+def ready_name(token: str, uid: str) -> str:
+    """The ready name of `uid` that arrived with arrival token `token`."""
+    return f"{token}_{uid}{READY_SUFFIX}"
 
 
 def uid_of_ready(name: str) -> str | None:
@@ -39,5 +42,22 @@ def uid_of_ready(name: str) -> str | None:
     return name[: -len(READY_SUFFIX)].rsplit("_", 1)[1]
 
 
+def arrival_key(name: str) -> tuple[bool, str]:
+    """Sort key of a ready name: arrival order.
+
+    Tokens have a fixed width, so tokened names sort as strings. A name
+    without one (made by a version that used the wall clock) sorts before
+    every tokened one, in name order. Cheap: a depot after an outage may hold
+    many thousands of names.
+    """
+    return (name[arrival.BOOT_DIGITS : arrival.BOOT_DIGITS + 1] == ".", name)
+
+
 def is_part(name: str) -> bool:
     return name.endswith(PART_SUFFIX)
+
+
+def highest_boot(depot_dir: Path) -> int:
+    """The largest boot number among the ready files waiting in the depot (0 if none)."""
+    boots = [arrival.parse_token(name) for name in os.listdir(depot_dir)]
+    return max((parsed[0] for parsed in boots if parsed is not None), default=0)

@@ -58,3 +58,19 @@ def storage_path(storage_dir: Path, uid: str, extension: str) -> Path:
     if os.path.dirname(os.path.normpath(path)) != os.path.normpath(storage_dir):
         raise UIDError(f"UID {uid!r} would leave the storage directory")
     return path
+
+
+def study_path(
+    storage_dir: Path, uid: str, extension: str, study_uid: str, series_uid: str
+) -> Path:
+    """`<storage_dir>/<Study>/<Series>/<UID><ext>`, every component a validated UID.
+
+    A Study UID such as `..` or `1.2/../3` raises UIDError: nothing can be
+    written outside `storage_dir`.
+    """
+    parts = [check_uid(study_uid), check_uid(series_uid)]
+    path = storage_dir.joinpath(*parts, f"{check_uid(uid)}{extension}")
+    # Defence in depth, as above: the path must be three levels below storage_dir.
+    if Path(os.path.normpath(path)).parents[2] != Path(os.path.normpath(storage_dir)):
+        raise UIDError(f"UIDs {parts} would leave the storage directory")
+    return path

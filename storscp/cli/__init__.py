@@ -1,4 +1,4 @@
-"""The `storscp` command: run, start, stop, restart, status, config, logs, recover.
+"""The `storscp` command: run, start, stop, restart, status, config, logs, feed, echo, recover.
 
 Every command takes `-c/--config FILE` and one flag per configuration key,
 so `start`, `status` and `stop` given the same options address the same
@@ -11,6 +11,7 @@ traceback.
 Here: the parser and `main()`, the boundary that turns every refusal into a
 message and an exit code. `prepare` readies a start, `service` holds the
 commands that go through supervisord, `logs` reads the two log files,
+`feed` prints the stored-instance feed, `echo` checks another DICOM node,
 `nodes` serves several gateways on one storage (`recover`, `haproxy-check`).
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from storscp import __version__
+from storscp.cli.echo import add_echo_parser, cmd_echo
+from storscp.cli.feed import cmd_feed
 from storscp.cli.logs import cmd_logs
 from storscp.cli.nodes import cmd_haproxy_check, cmd_recover
 from storscp.cli.service import (
@@ -40,7 +43,12 @@ from storscp.supervisor import control
 
 PRIVILEGES_MESSAGE = "Failed. Administrator privileges may be needed."
 
-FAILED_PREFIX = {"run": "start failed: ", "start": "start failed: ", "restart": "restart failed: "}
+FAILED_PREFIX = {
+    "run": "start failed: ",
+    "start": "start failed: ",
+    "restart": "restart failed: ",
+    "feed": "storscp feed: ",
+}
 CONTROL_COMMANDS = {"start", "stop", "restart", "status"}
 
 
@@ -83,6 +91,13 @@ def build_parser() -> _Parser:
     logs.add_argument(
         "-n", "--lines", type=_count, metavar="N", help="print only the last N lines first"
     )
+    feed_help = "print the stored-instance feed as JSON lines"
+    feed = sub.add_parser("feed", parents=[common], help=feed_help, description=feed_help)
+    feed.add_argument(
+        "--since", type=_count, default=0, metavar="SEQ", help="only what came after SEQ (0: all)"
+    )
+    feed.add_argument("-f", "--follow", action="store_true", help="then keep printing new ones")
+    add_echo_parser(sub)
     recover_help = "commit a dead node's acknowledged instances here (several gateways)"
     # Here --node names the dead node; this node's own name comes from -c.
     recover = sub.add_parser(
@@ -107,12 +122,16 @@ def _count(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: str = args.command
+    if command == "echo":
+        return cmd_echo(args)  # another node: no configuration of ours involved
     failed = FAILED_PREFIX.get(command, "storscp: ")
     overrides = {key: getattr(args, key, None) for key in KEYS}
     try:
         config = load(args.config, overrides)
         if command == "logs":
             return cmd_logs(config, args.follow, args.lines)
+        if command == "feed":
+            return cmd_feed(config, args.since, args.follow)
         if command == "recover":
             return cmd_recover(config, args.dead_node)
         return COMMANDS[command](config)

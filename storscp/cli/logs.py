@@ -19,7 +19,7 @@ FOLLOW_BUSY_INTERVAL_S = 0.01
 
 def cmd_logs(config: Config, follow: bool, last: int | None) -> int:
     """Print both log files as one stream; with `follow`, keep printing."""
-    follower = LogFollower(config.log_dir)
+    follower = LogFollower(config.log_dir, config.log_max_bytes)
     out = sys.stdout.buffer
     try:
         lines = follower.poll()
@@ -27,18 +27,19 @@ def cmd_logs(config: Config, follow: bool, last: int | None) -> int:
             raise CommandRefused(ExitCode.NOINPUT, f"no log files in {config.log_dir}")
         out.writelines(lines if last is None else lines[len(lines) - last :])
         out.flush()
-        lost = 0
+        lost, maybe_lost = 0, 0
         while follow:
             # Busy log: look again soon, so no file fills up between two looks.
             time.sleep(FOLLOW_BUSY_INTERVAL_S if lines else FOLLOW_INTERVAL_S)
             lines = follower.poll()
             out.writelines(lines)
             out.flush()
-            if follower.lost > lost:
-                lost = follower.lost
+            if follower.lost > lost or follower.maybe_lost > maybe_lost:
+                how = "were" if follower.lost > lost else "may have been"
+                lost, maybe_lost = follower.lost, follower.maybe_lost
                 print(
                     "storscp: the log alternated twice between two reads;"
-                    " some lines were overwritten before they could be shown",
+                    f" some lines {how} overwritten before they could be shown",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -4,7 +4,9 @@
 the dead node's lock exclusively (refused, exit 69, while any process of
 that node lives), moves its ready files into this node's depot, removes its
 partial files, then waits for this node's committer to commit what it
-moved. Run it on a live node; its WRITE events are that node's.
+moved. Run it on a live node; its WRITE events are that node's. The dead
+node's pending Storage Commitment requests move too: this node's commitment
+process reports them (on new associations).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import replace
 
 from storscp import nodelock
 from storscp.balancer import haproxy_check_lines
+from storscp.commitmentfiles import RequestStore
 from storscp.committer.takeover import take_over
 from storscp.config import Config, validate
 from storscp.errors import CommandRefused
@@ -51,8 +54,15 @@ def cmd_recover(config: Config, dead_node: str) -> int:
         raise CommandRefused(ExitCode.UNAVAILABLE, f"node {dead_node} is alive: {exc}") from None
     try:
         done = take_over(dead.depot_dir, config.depot_dir)
+        requests = RequestStore(config.commitment_dir).adopt(RequestStore(dead.commitment_dir))
     finally:
         os.close(lock)
+    if requests:
+        noun = "request" if len(requests) == 1 else "requests"
+        print(
+            f"node {dead_node}: {len(requests)} pending Storage Commitment {noun}"
+            f" handed to node {config.node}"
+        )
     for name, size in done.parts_removed:
         if size:
             print(f"removed partial file {name} ({size} bytes): its sender got no Success")

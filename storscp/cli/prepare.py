@@ -17,7 +17,14 @@ from storscp.errors import CommandRefused
 from storscp.exitcodes import ExitCode
 from storscp.logger.lock import LogDirLocked, check_log_dir_free
 from storscp.metrics import files as metrics_files
-from storscp.preflight import component_account, directories, leftovers, ports, service_account
+from storscp.preflight import (
+    component_account,
+    directories,
+    leftovers,
+    named,
+    ports,
+    service_account,
+)
 from storscp.supervisor import conf
 
 
@@ -28,8 +35,11 @@ def prepare(config: Config, *, running: Config | None = None) -> Config:
     the port of the `running` service being restarted, which our receiver holds).
     """
     directories.check_run_dir_is_ours(config)
+    named.check_accounts(config)
     account = service_account(config)
     component_account.require_root_for(account)
+    if account is None:
+        named.check_tls_files(config)  # with `user`, check_account reads them as that account
     directories.prepare_storage(config, account)
     directories.prepare_log_dir(config, account)
     if running is None or running.log_dir != config.log_dir:

@@ -35,6 +35,8 @@ STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4  # not allowed to ask
 # How long `storscp run` lets the logger take the "ended without a stop" event.
 UNCLEAN_END_WAIT_MS = 30_000
+# ... and how long `storscp start` does, once the logger is RUNNING.
+STARTED_LOGGER_WAIT_MS = 10_000
 
 
 def cmd_run(config: Config) -> int:
@@ -68,7 +70,9 @@ def cmd_start(config: Config) -> int:
     _launch(config)
     _wait_until_started(config, control.supervisord_pid(config), old_pids=set())
     if stale_pid is not None:
-        _report_unclean_end(config, stale_pid)
+        # The logger is up, but on a loaded machine ZeroMQ may need more than
+        # the default linger to connect: give the one event time to arrive.
+        _report_unclean_end(config, stale_pid, linger_ms=STARTED_LOGGER_WAIT_MS)
     print("start request issued")
     return ExitCode.OK
 

@@ -1,92 +1,140 @@
-"""Entry point of the committer: recover the depot, then commit as told.
+"""Entry point of the committer: recover, then commit as told, and publish the feed.
 
-Binds the committer endpoint (PULL). Each wake-up drains every queued
-InstanceStored into one batch (one directory fsync); every
-`depot_scan_interval_s` it sweeps the depot for what the bus missed.
+Binds the committer endpoint (PULL: InstanceStored from receivers) and the
+live feed (PUB: InstanceCommitted, StudyComplete, a heartbeat each second).
+Each wake-up drains every queued InstanceStored and commits what is ready,
+in arrival order; every `depot_scan_interval_s` it also reads back ready
+files the bus never announced. Publishing never waits: a PUB socket drops
+for a subscriber whose queue is full, and that consumer replays the gap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import time
 
 import zmq
 
 from storscp import bus
+from storscp.arrival import Arrival
 from storscp.committer.commit import Committer
-from storscp.committer.recover import ready_names, remove_orphaned_parts
+from storscp.committer.recover import recover_pending, remove_orphaned_parts
+from storscp.committer.studies import Studies
 from storscp.component import (
     StartupFailure,
     claim_node,
     load_component_config,
     make_depot,
     make_outbox,
+    open_arrival,
     report_startup_failure,
 )
+from storscp.config import Config
 from storscp.exitcodes import ExitCode
+from storscp.history import History, HistoryError
+from storscp.outbox import Outbox
 from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "committer"
-MAX_BATCH = 256
+MAX_COLLECT = 256
 POLL_MS = 200
-# After the first notification, wait this long for others to share its
-# directory fsync: a few ms of latency for far fewer fsyncs and wake-ups.
+# While a ready file waits for its InstanceStored, look again this often.
+WAITING_POLL_MS = 20
+# After the first notification, wait this long for others to share the batch's
+# fsyncs: a few ms of latency for far fewer fsyncs and wake-ups.
 BATCH_WINDOW_S = 0.004
+HEARTBEAT_S = 1.0
+PRUNE_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
 
 
-def sweep(committer: Committer) -> int:
-    """Commit every ready file left in the depot, oldest first; clean parts."""
-    names = ready_names(committer.depot_dir)
-    count = 0
-    for start in range(0, len(names), MAX_BATCH):
-        batch = names[start : start + MAX_BATCH]
-        count += committer.commit_batch([(name, None) for name in batch])
-    for name, size in remove_orphaned_parts(committer.depot_dir):
-        if size == 0:
-            continue  # a receiver's spare, never written to
-        committer.outbox.event(
-            bus.EventType.ERROR,
-            what="partial depot file removed",
-            depot_file=name,
-            bytes=size,
-            reason="its receiver died before the instance was complete",
-        )
-    return count
-
-
-def collect(sock: zmq.Socket[bytes]) -> list[tuple[str, bus.InstanceStored | None]]:
-    """What arrives within BATCH_WINDOW_S of the first notification (up to MAX_BATCH)."""
-    items = drain(sock)
+def collect(sock: zmq.Socket[bytes], announced: dict[str, bus.InstanceStored]) -> None:
+    """Add what arrives within BATCH_WINDOW_S of the first notification."""
+    drain(sock, announced)
     deadline = time.monotonic() + BATCH_WINDOW_S
-    while len(items) < MAX_BATCH:
+    while len(announced) < MAX_COLLECT:
         left_ms = int((deadline - time.monotonic()) * 1000) + 1
         if time.monotonic() >= deadline or not sock.poll(left_ms):
             break
-        items += drain(sock, MAX_BATCH - len(items))
-    return items
+        drain(sock, announced)
 
 
-def drain(
-    sock: zmq.Socket[bytes], limit: int = MAX_BATCH
-) -> list[tuple[str, bus.InstanceStored | None]]:
-    """Everything queued on the socket now, up to `limit`, without waiting."""
-    items: list[tuple[str, bus.InstanceStored | None]] = []
-    while len(items) < limit:
+def drain(sock: zmq.Socket[bytes], announced: dict[str, bus.InstanceStored]) -> None:
+    """Everything queued on the socket now, without waiting."""
+    while len(announced) < MAX_COLLECT:
         try:
             frames = sock.recv_multipart(flags=zmq.NOBLOCK)
         except zmq.Again:
-            break
+            return
         try:
             msg = bus.decode(frames)
         except bus.BusError as exc:
             log.warning("ignoring malformed message: %s", exc)
             continue
         if isinstance(msg, bus.InstanceStored):
-            items.append((msg.depot_name, msg))
-    return items
+            announced[msg.depot_name] = msg
+
+
+class Feed:
+    """The live side of the feed: the PUB socket, WRITE events, heartbeats."""
+
+    def __init__(self, sock: zmq.Socket[bytes], outbox: Outbox, history: History) -> None:
+        self.sock = sock
+        self.outbox = outbox
+        self.history = history
+        self._next_heartbeat = 0.0
+
+    def publish(self, messages: list[bus.InstanceCommitted] | list[bus.StudyComplete]) -> None:
+        """Send durable messages (never blocks) and log each commit's WRITE."""
+        for msg in messages:
+            self._send(msg)
+            if isinstance(msg, bus.InstanceCommitted):
+                self.outbox.event(
+                    bus.EventType.WRITE,
+                    path=msg.path,
+                    sop_class_uid=msg.sop_class_uid,
+                    sop_instance_uid=msg.sop_instance_uid,
+                    transfer_syntax=msg.transfer_syntax_uid,
+                    bytes=msg.bytes,
+                    calling_ae=msg.calling_ae,
+                    replaced=msg.replaced,
+                    seq=msg.seq,
+                )
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._send(bus.FeedHeartbeat(self.history.last_seq))
+            self._next_heartbeat = now + HEARTBEAT_S
+
+    def _send(self, msg: bus.Message) -> None:
+        # PUB drops rather than blocks; consumers see the gap and replay it.
+        with contextlib.suppress(zmq.Again):
+            self.sock.send_multipart(bus.encode(msg), flags=zmq.NOBLOCK)
+
+
+def complete_quiet_studies(committer: Committer, feed: Feed) -> None:
+    """One study_complete per study quiet for study_quiet_s, written before it is sent."""
+    studies = committer.studies
+    boot, tick = committer.arrival.now()
+    for uid in studies.quiet(boot, tick):
+        msg = committer.history.append_study_complete(studies.completion(uid))
+        studies.close(uid)
+        feed.publish([msg])
+
+
+def open_state(config: Config) -> tuple[Arrival, History]:
+    arrival = open_arrival(config)
+    try:
+        history = History(config.state_dir, int(config.file_mode), int(config.dir_mode))
+    except HistoryError as exc:
+        arrival.close()
+        raise StartupFailure(ExitCode.CANTCREAT, str(exc)) from None
+    return arrival, history
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         make_depot(config)
         # The descriptor stays open until we exit: `storscp recover --node` waits for us.
         claim_node(config)
+        arrival, history = open_state(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
     except OSError as exc:
@@ -116,34 +165,98 @@ def main(argv: list[str] | None = None) -> int:
     sock: zmq.Socket[bytes] = context.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, bus.SEND_HWM)
+    pub: zmq.Socket[bytes] = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, bus.SEND_HWM)
     committer = None
     try:
+        live = bus.feed_live_endpoint(config.run_dir, config.feed_live_endpoint)
         try:
             sock.bind(bus.committer_endpoint(config.run_dir))
-            committer = Committer(config, outbox)
+            if live.startswith("tcp://["):
+                pub.setsockopt(zmq.IPV6, 1)
+            pub.bind(live)
+            boot, tick = arrival.now()
+            studies = Studies(config.study_quiet_s, history.open_studies(), boot, tick)
+            committer = Committer(config, outbox, history, arrival, studies)
         except (zmq.ZMQError, OSError) as exc:
             reason = f"cannot start: {exc}"
             outbox.event(bus.EventType.ERROR, what="committer cannot start", reason=reason)
-            return report_startup_failure(PROC, StartupFailure(ExitCode.CANTCREAT, reason))
-        recovered = sweep(committer)
-        outbox.event(bus.EventType.START, pid=os.getpid(), recovered=recovered)
-        next_sweep = time.monotonic() + config.depot_scan_interval_s
-        heartbeat = committer.counter.metrics.heartbeat
-        while not stop.requested.is_set():
-            heartbeat.beat()
-            if sock.poll(POLL_MS):
-                committer.commit_batch(collect(sock))
-            if time.monotonic() >= next_sweep:
-                sweep(committer)
-                next_sweep = time.monotonic() + config.depot_scan_interval_s
-        # Graceful stop: what is ready now gets committed before we go.
-        heartbeat.stopped()
-        committer.commit_batch(drain(sock))
-        sweep(committer)
+            code = ExitCode.UNAVAILABLE if "in use" in str(exc) else ExitCode.CANTCREAT
+            return report_startup_failure(PROC, StartupFailure(code, reason))
+        feed = Feed(pub, outbox, history)
+        announced: dict[str, bus.InstanceStored] = {}
+        try:
+            recovered = recover_pending(committer)
+            feed.publish(recovered)
+            swept = committer.commit_ready(announced, read_back=True)
+            feed.publish(swept)
+            report_orphaned_parts(committer)
+            outbox.event(
+                bus.EventType.START,
+                pid=os.getpid(),
+                recovered=len(recovered) + len(swept),
+                last_seq=history.last_seq,
+                open_studies=len(studies),
+            )
+            serve(config, committer, feed, sock, stop)
+            # Graceful stop: what is ready now gets committed before we go.
+            committer.counter.metrics.heartbeat.stopped()
+            drain(sock, announced)
+            feed.publish(committer.commit_ready(announced, read_back=True))
+        except sqlite3.Error as exc:
+            # Nothing may be committed unrecorded: stop, and let the restart's
+            # recovery finish the batch once the history can be written again.
+            reason = f"{history.path}: {exc}"
+            outbox.event(bus.EventType.ERROR, what="feed history write failed", reason=reason)
+            log.error("feed history write failed: %s", reason)
+            return ExitCode.CANTCREAT
         return ExitCode.OK
     finally:
         if committer is not None:
             committer.close()
         sock.close()
+        pub.close()
         context.term()
+        history.close()
+        arrival.close()
         outbox.close()
+
+
+def serve(
+    config: Config, committer: Committer, feed: Feed, sock: zmq.Socket[bytes], stop: StopFlag
+) -> None:
+    """Commit and publish until asked to stop."""
+    announced: dict[str, bus.InstanceStored] = {}
+    next_sweep = time.monotonic() + config.depot_scan_interval_s
+    next_prune = 0.0
+    heartbeat = committer.counter.metrics.heartbeat
+    while not stop.requested.is_set():
+        heartbeat.beat()
+        if sock.poll(WAITING_POLL_MS if committer.waiting else POLL_MS):
+            collect(sock, announced)
+        now = time.monotonic()
+        read_back = now >= next_sweep
+        if announced or committer.waiting or read_back:
+            feed.publish(committer.commit_ready(announced, read_back))
+        if read_back:
+            report_orphaned_parts(committer)
+            next_sweep = time.monotonic() + config.depot_scan_interval_s
+        complete_quiet_studies(committer, feed)
+        feed.heartbeat()
+        if now >= next_prune:
+            committer.history.prune(config.feed_max_bytes, config.feed_max_age_s)
+            next_prune = now + PRUNE_INTERVAL_S
+
+
+def report_orphaned_parts(committer: Committer) -> None:
+    for name, size in remove_orphaned_parts(committer.depot_dir):
+        if size == 0:
+            continue  # a receiver's spare, never written to
+        committer.outbox.event(
+            bus.EventType.ERROR,
+            what="partial depot file removed",
+            depot_file=name,
+            bytes=size,
+            reason="its receiver died before the instance was complete",
+        )

@@ -1,9 +1,13 @@
-"""The depot sweep: what the bus missed, and what dead receivers left.
+"""What a crash left: renames without their feed rows, and part files of dead receivers.
 
-Run at start and periodically. Ready files are returned in arrival order
-(their names sort by time). A `*.part` file is removed only if no live
-receiver holds its flock and it is older than a grace period, which covers
-the instant between a receiver creating the file and locking it.
+Run at start (before anything new is committed) and, for part files,
+periodically. A rename recorded in the history's `pending` table whose ready
+file is gone from the depot happened: it gets its feed row now, with the seq
+it would have had, since nothing after it was published. One whose ready
+file is still there did not happen: the file stays ready and is committed
+like any other. A `*.part` file is removed only if no live receiver holds its
+flock and it is older than a grace period, which covers the instant between
+a receiver creating the file and locking it.
 """
 
 from __future__ import annotations
@@ -14,18 +18,36 @@ import os
 import time
 from pathlib import Path
 
-from storscp import depotfiles
+from storscp import bus, depotfiles
+from storscp.committer.commit import Committer, fsync_destinations
 
 log = logging.getLogger(__name__)
 
 PART_GRACE_S = 10.0
 
 
+def recover_pending(committer: Committer) -> list[bus.InstanceCommitted]:
+    """Record the renames of the batch a crash interrupted; returns their messages."""
+    pending = committer.history.pending()
+    if not pending:
+        return []
+    moved = [p for p in pending if not (committer.depot_dir / p.ready_name).exists()]
+    # The renames may not be durable yet (no fsync after them): make them so first.
+    fsync_destinations(moved, committer.storage_dir, committer.storage_fd)
+    messages = committer.record(moved, durable=True)  # also clears `pending`
+    log.info(
+        "recovered an interrupted batch: %d renamed, %d still ready",
+        len(moved),
+        len(pending) - len(moved),
+    )
+    return messages
+
+
 def ready_names(depot_dir: Path) -> list[str]:
-    """Ready files in the depot, oldest first."""
+    """Ready files in the depot, in arrival order."""
     with os.scandir(depot_dir) as entries:
         names = [e.name for e in entries if e.name.endswith(depotfiles.READY_SUFFIX)]
-    names.sort()
+    names.sort(key=depotfiles.arrival_key)
     return names
 
 

@@ -12,21 +12,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storscp.config import Config
+from storscp.config import Config, ConfigError
 from storscp.errors import CommandRefused, NotPermitted
 from storscp.exitcodes import ExitCode
-from storscp.preflight import Account, not_writable_message
+from storscp.preflight import Account, named, not_writable_message
 
 # Run as the component account: can it start our interpreter, import every
-# component, and write where the components write? Exit 3 names a path.
+# component, write where the components write and read what the receiver
+# reads (the paths after "--read")? Exit 3 names a directory, 4 a file.
 _PROBE = """
 import os, sys
-import storscp.committer.main, storscp.logger.main, storscp.receiver.main
+import storscp.commitment.main, storscp.committer.main, storscp.feed.main
+import storscp.logger.main, storscp.receiver.main
 import storscp.supervisor.listener, storscp.metrics.main
+mode, code = os.W_OK | os.X_OK, 3
 for path in sys.argv[1:]:
-    if not os.access(path, os.W_OK | os.X_OK):
+    if path == "--read":
+        mode, code = os.R_OK, 4
+    elif not os.access(path, mode):
         print(path)
-        sys.exit(3)
+        sys.exit(code)
 """
 
 
@@ -39,16 +44,26 @@ def require_root_for(account: Account | None) -> None:
 
 
 def check_account(config: Config, account: Account | None) -> None:
-    """Components running as `user` need an interpreter that account can run, and
-    write access to storage, depot, logs and bus sockets.
+    """Components running as `user` need an interpreter that account can run,
+    write access to storage, depot, state directory, logs and bus sockets, and
+    (the receiver) read access to the `[tls]` files.
     """
     if account is None:
         return
-    paths = [config.storage_dir, config.depot_dir, config.log_dir, config.bus_dir]
-    result = _probe(account, paths)
+    paths = [
+        config.storage_dir,
+        config.depot_dir,
+        config.state_dir,
+        config.log_dir,
+        config.bus_dir,
+    ]
+    result = _probe(account, [*paths, Path("--read"), *named.tls_files(config).values()])
     if result.returncode == 3:
         path = Path(result.stdout.strip())
         raise CommandRefused(ExitCode.CANTCREAT, not_writable_message(config, path, account))
+    if result.returncode == 4:
+        who = f"user {account.name} (uid {account.uid})"
+        raise ConfigError(named.unreadable_tls_message(config, Path(result.stdout.strip()), who))
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
         raise CommandRefused(

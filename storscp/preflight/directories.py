@@ -1,4 +1,4 @@
-"""run_dir, storage, depot and log directories: who may start, and what is created.
+"""run_dir, storage, depot, state and log directories: who may start, and what is created.
 
 Each directory storscp creates gets exactly its mode, whatever the umask;
 when the components run as `user`, the directories they write are given to
@@ -69,7 +69,8 @@ def _is_a_run_dir(config: Config) -> bool:
 
 
 def prepare_storage(config: Config, account: Account | None) -> None:
-    """The storage directory must exist (unless it is the default); the depot is ours."""
+    """The storage directory must exist (unless it is the default); the depot and
+    the durable state (pending Storage Commitment requests) are ours."""
     storage = config.storage_dir
     if not storage.is_dir():
         if storage.exists() or config.is_explicit("storage_dir"):
@@ -83,6 +84,37 @@ def prepare_storage(config: Config, account: Account | None) -> None:
         _mkdir("depot", depot, int(config.dir_mode))
         if account is not None and depot.stat().st_uid != account.uid:
             _give(depot, account)
+    prepare_state_dir(config, account)
+
+
+def prepare_state_dir(config: Config, account: Account | None) -> None:
+    """`<storage_dir>/.storscp` (`/<node>` with `node`): boot counter, arrival lock, feed
+    history, pending Storage Commitment requests.
+
+    All of it is written by the components, so all of it is the component
+    account's: a service first run as root and then with `user` hands over
+    the files too, or its committer could not write the history. With
+    `node`, the shared `.storscp` above it is made the account's as well (as
+    the depot's parent is), so that every node's account can reach its own.
+    """
+    state = config.state_dir
+    _mkdir("state directory", state, int(config.dir_mode))
+    # Pending Storage Commitment requests: a node's own, like the rest.
+    _mkdir("commitment directory", config.commitment_dir, int(config.dir_mode))
+    if account is None:
+        return
+    if state.parent != config.storage_dir and state.parent.stat().st_uid != account.uid:
+        _give(state.parent, account)
+    try:
+        for directory, subdirs, files in os.walk(state):
+            for name in [directory, *(os.path.join(directory, n) for n in subdirs + files)]:
+                if os.lstat(name).st_uid != account.uid:
+                    os.lchown(name, account.uid, account.gid)
+    except OSError as exc:
+        raise CommandRefused(
+            ExitCode.CANTCREAT,
+            f"state directory {state} cannot be given to user {account.name}: {exc.strerror}",
+        ) from None
 
 
 def prepare_log_dir(config: Config, account: Account | None) -> None:

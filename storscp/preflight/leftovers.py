@@ -18,6 +18,7 @@ COMPONENT_MODULES = {
     "storscp.supervisor": "listener",
     "storscp.logger": "logger",
     "storscp.committer": "committer",
+    "storscp.commitment": "commitment",
     "storscp.receiver": "receiver",
     "storscp.metrics": "metrics",
 }

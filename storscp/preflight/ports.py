@@ -15,6 +15,8 @@ from storscp.exitcodes import ExitCode
 def with_ports(config: Config, running: Config | None = None) -> Config:
     """Fail early if a port is taken; turn port 0 into a free port (plain, TLS, metrics).
 
+    The feed's TCP endpoints, if any, are probed too (they never use port 0).
+
     A port the `running` service (being restarted) already listens on is
     kept without probing: our own receiver holds it.
     """
@@ -35,6 +37,13 @@ def with_ports(config: Config, running: Config | None = None) -> Config:
         metrics = config.metrics
         if config.metrics_address is not None:
             metrics = _metrics_port(probes, config.metrics_address, running)
+        for key in ("feed_live_endpoint", "feed_replay_endpoint"):
+            endpoint = getattr(config, key)
+            held = running is not None and getattr(running, key) == endpoint
+            if endpoint.startswith("tcp://") and not held:
+                host, _, number = endpoint[len("tcp://") :].rpartition(":")
+                host = host.strip("[]").replace("*", "0.0.0.0")
+                _probe_port(probes, host, int(number), key)
     return replace(config, port=port, tls=tls, metrics=metrics)
 
 

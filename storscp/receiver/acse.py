@@ -6,6 +6,13 @@ encodes the accept. That costs ~12 ms for the ~128 contexts a default
 results are cached by the exact request bytes (bounded LRU). Who may
 associate (AE titles, peer address) is decided per connection by the
 caller, never cached.
+
+With `accept_unknown_sop_classes`, a proposed abstract syntax outside that
+list is accepted for storage too, in any syntax we accept for the others,
+when it is a valid UID that is either unknown to pydicom (a private class
+such as Siemens CSA Non-Image, or one newer than our libraries) or a
+storage SOP class it knows; never a known non-storage UID (Query/Retrieve,
+Storage Commitment, a transfer syntax).
 """
 
 from __future__ import annotations
@@ -34,8 +41,11 @@ from pynetdicom.presentation import (
 )
 
 from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storscp.commitmentinfo import SOP_CLASS_UID as STORAGE_COMMITMENT
+from storscp.commitmentinfo import TRANSFER_SYNTAXES as COMMITMENT_SYNTAXES
 from storscp.errors import StorscpError
 from storscp.receiver.dimse import VERIFICATION_SOP_CLASS
+from storscp.uids import is_valid_uid
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 CACHE_SIZE = 128
@@ -68,20 +78,41 @@ class Negotiated:
 
 
 def supported_contexts() -> list[PresentationContext]:
-    """Verification, and every storage SOP class pynetdicom knows in every syntax."""
+    """Verification, every storage SOP class pynetdicom knows in every syntax,
+    and Storage Commitment Push Model with us as its SCP.
+
+    Role selection for Storage Commitment: the requestor may be the SCU (the
+    default roles); a requestor that wants only the SCP role has its context
+    rejected, since we never act as a Storage Commitment SCU.
+    """
     contexts = [build_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)]
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None
         contexts.append(build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES))
+    commitment = build_context(STORAGE_COMMITMENT, list(COMMITMENT_SYNTAXES))
+    commitment.scu_role, commitment.scp_role = True, False
+    contexts.append(commitment)
     return contexts
+
+
+def is_storage_to_accept(abstract_syntax: str) -> bool:
+    """An abstract syntax outside our list that `accept_unknown_sop_classes` takes for storage."""
+    if not is_valid_uid(abstract_syntax):
+        return False
+    uid = UID(abstract_syntax)
+    if uid.name == str(uid):
+        return True  # pydicom does not know it: private, or newer than our libraries
+    return uid.type == "SOP Class" and "Storage" in uid.name and "Commitment" not in uid.name
 
 
 class Negotiator:
     """Thread-safe negotiation with a cache keyed by the request bytes."""
 
-    def __init__(self, max_pdu_bytes: int) -> None:
+    def __init__(self, max_pdu_bytes: int, accept_unknown_sop_classes: bool = False) -> None:
         self.max_pdu_bytes = max_pdu_bytes
+        self.accept_unknown_sop_classes = accept_unknown_sop_classes
         self._contexts = supported_contexts()
+        self._known = {str(cx.abstract_syntax) for cx in self._contexts}
         self._cache: OrderedDict[bytes, Negotiated] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -125,8 +156,9 @@ class Negotiator:
                 impl_version = str(item.implementation_version_name or "")
 
         proposed = request.presentation_context_definition_list
+        supported = self._contexts + self._unknown_storage(proposed)
         try:
-            results, role_items = negotiate_as_acceptor(proposed, self._contexts, roles or None)
+            results, role_items = negotiate_as_acceptor(proposed, supported, roles or None)
         except Exception as exc:
             raise NegotiationError(f"cannot negotiate presentation contexts: {exc!r}") from None
 
@@ -150,6 +182,17 @@ class Negotiator:
             proposed=len(proposed),
             ac_pdu=ac_pdu,
         )
+
+    def _unknown_storage(self, proposed: list[PresentationContext]) -> list[PresentationContext]:
+        """Contexts for the proposed classes outside our list that we take for storage."""
+        if not self.accept_unknown_sop_classes:
+            return []
+        extra = {str(cx.abstract_syntax) for cx in proposed} - self._known
+        return [
+            build_context(uid, ALL_TRANSFER_SYNTAXES)
+            for uid in sorted(extra)
+            if is_storage_to_accept(uid)
+        ]
 
     def _encode_accept(
         self,

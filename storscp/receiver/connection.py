@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import time
@@ -32,6 +33,9 @@ from storscp.receiver.acse import (
     NegotiationError,
     Negotiator,
 )
+from storscp.receiver.commitment_dimse import AssociationCommitment
+from storscp.receiver.commitment_reports import Mailboxes
+from storscp.receiver.commitment_requests import CommitmentRequests
 from storscp.receiver.counting import AbortReason, ReceiverCounter, reject_reason
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import CommandSetError
@@ -53,6 +57,8 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 # Some SCUs count the 6-byte PDU header in the maximum length they may send.
 PDU_LENGTH_SLACK = 6
+# At a stop, how long the A-ABORT may take to leave (a peer that does not read).
+ABORT_SEND_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,9 @@ class ConnectionServices:
     admit: Callable[[Negotiated, str], tuple[pdu.Reject | None, Held | None]]
     # Gives back the slots that `admit` handed out.
     association_ended: Callable[[Held], None]
+    # Storage Commitment: takes N-ACTIONs; offered reports arrive in `mailboxes`.
+    commitment: CommitmentRequests
+    mailboxes: Mailboxes | None
     # The process's metrics (thread-safe, shared by every connection).
     counter: ReceiverCounter
     # With proxy_protocol: who may put a PROXY header before a connection.
@@ -119,6 +128,16 @@ class Connection:
                 return
             assoc = self._associate()
             if assoc is not None:
+                commitment = AssociationCommitment(
+                    self.services.commitment,
+                    self.services.mailboxes,
+                    assoc,
+                    self.peer,
+                    self.peer_host,
+                    self._send,
+                    self.events,
+                    self.config.dimse_timeout_s,
+                )
                 self._service = service = DimseService(
                     assoc,
                     parts=self.services.parts,
@@ -128,6 +147,7 @@ class Connection:
                     events=self.events,
                     stats=self.stats,
                     send=self._send,
+                    commitment=commitment,
                     counter=self.counter,
                     ae_label=self._label,
                 )
@@ -135,7 +155,9 @@ class Connection:
         except PeerClosed:
             ending, reason, why = "aborted", "peer closed the connection", AbortReason.PEER_CLOSED
             if self._stopping:
-                reason, why = "service stopping: drain timeout reached", AbortReason.STOPPING
+                # abort() shut our reading side: the A-ABORT is ours to send, from here.
+                self.sock.settimeout(ABORT_SEND_TIMEOUT_S)
+                self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
         except TimeoutError:
             ending, reason, why = "aborted", "timed out waiting for the peer", AbortReason.TIMEOUT
             self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
@@ -153,8 +175,12 @@ class Connection:
             self.events.error("internal error", repr(exc))
         finally:
             if self._service is not None:
-                self._service.discard()
+                self._service.discard(f"the association {ending}")
             self._close()
+            if self._stopping and ending != "released":
+                # Woken by abort(), or cut off by kill() mid-send: the stop ended it.
+                ending, reason = "aborted", "service stopping: drain timeout reached"
+                why = AbortReason.STOPPING
             if self._slot is not None:
                 self.services.association_ended(self._slot)
                 fields = self.stats.fields()
@@ -164,11 +190,27 @@ class Connection:
                 self.counter.association(self._label, ending, why if ending == "aborted" else "")
 
     def abort(self) -> None:
-        """Abort from another thread (service stopping): the reader then fails."""
+        """Have the connection's own thread abort it (called by the stopping thread).
+
+        Only the owner thread reads or writes the socket: an SSL object must
+        not be used by two threads at once. Shutting down the reading side
+        wakes the owner from `recv` with end-of-file; it then sends the
+        A-ABORT itself and closes.
+        """
         self._stopping = True
-        self._send_quietly(pdu.abort(pdu.AbortReason.NOT_SPECIFIED))
+        self._shutdown(socket.SHUT_RD)
+
+    def kill(self) -> None:
+        """Last resort after abort(): the owner is stuck sending to a peer that does not
+        read; shutting down both directions fails that send at once."""
+        self._stopping = True
+        self._shutdown(socket.SHUT_RDWR)
+
+    def _shutdown(self, how: int) -> None:
+        # socket.socket's own shutdown, also for an SSLSocket: its override
+        # drops the SSL object under the owner thread's feet.
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, how)
 
     def _close(self) -> None:
         with contextlib.suppress(OSError):
@@ -278,7 +320,10 @@ class Connection:
     def _serve_established(self, service: DimseService) -> tuple[str, str]:
         """Read PDUs until release or abort; returns (ending, reason)."""
         reader = self.reader
+        commitment = service.commitment
         while True:
+            if commitment.reports is not None and not self._command:
+                self._wait_for_peer(service)
             # Waiting for the next PDU: only silence is limited ...
             reader.set_wait(self.config.network_timeout_s)
             header = reader.read(6)
@@ -303,6 +348,34 @@ class Connection:
                     if pdu_type in pdu.PduType.__members__.values()
                     else pdu.AbortReason.UNRECOGNIZED_PDU,
                 )
+
+    def _wait_for_peer(self, service: DimseService) -> None:
+        """While a commitment report may come for this association, watch for it too.
+
+        Only between two messages of the peer, and only this thread writes
+        to the socket. Silence still ends the association after
+        network_timeout_s.
+        """
+        commitment = service.commitment
+        silence_end = time.monotonic() + self.config.network_timeout_s
+        while not service.expecting_dataset:
+            commitment.idle()
+            if not commitment.watching:
+                return
+            pending_tls = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+            if self.reader.buffered or pending_tls:
+                return
+            now = time.monotonic()
+            if now >= silence_end:
+                raise TimeoutError("no PDU within network_timeout_s")
+            wait_s = silence_end - now
+            deadline = commitment.next_deadline()
+            if deadline is not None:
+                wait_s = max(0.0, min(wait_s, deadline - now))
+            sock_fd = self.sock.fileno()
+            readable, _, _ = select.select([sock_fd, commitment.wake_fd], [], [], wait_s)
+            if sock_fd in readable:
+                return
 
     def _read_p_data(self, service: DimseService, length: int) -> None:
         limit = self.config.max_pdu_bytes + PDU_LENGTH_SLACK

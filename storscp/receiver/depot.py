@@ -5,7 +5,8 @@ the Part 10 preamble and our file meta, then takes the dataset bytes as they
 come off the wire, unchanged, so memory stays bounded whatever the size. It
 holds an exclusive flock until closed, which tells the committer's sweep that
 a live receiver owns it. `make_ready()` fsyncs the file, renames it to its
-ready name and fsyncs the depot directory: only then may Success be sent.
+ready name (taking its arrival token under the arrival lock, see arrival.py)
+and fsyncs the depot directory: only then may Success be sent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 from pathlib import Path
 
 from storscp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, depotfiles
+from storscp.arrival import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def _long(element: int, vr: bytes, value: bytes) -> bytes:
 
 def create_locked_part(depot_dir: Path, file_mode: int) -> tuple[int, Path]:
     """A new empty `*.part` file, exclusively flocked; returns (fd, path)."""
-    path = depot_dir / depotfiles.part_name(depotfiles.new_token())
+    path = depot_dir / depotfiles.part_name(depotfiles.unique_name())
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     fd = os.open(path, flags, file_mode)
     try:
@@ -80,6 +82,10 @@ def create_locked_part(depot_dir: Path, file_mode: int) -> tuple[int, Path]:
         _unlink_quietly(path)
         raise
     return fd, path
+
+
+# Empty part files each receiver keeps ready (removed at stop).
+SPARE_PARTS = 4
 
 
 class PartPool:
@@ -95,9 +101,13 @@ class PartPool:
     other, removed at close (or, after a crash, by the committer's sweep).
     """
 
-    def __init__(self, depot_dir: Path, file_mode: int, size: int = 4) -> None:
+    def __init__(
+        self, depot_dir: Path, file_mode: int, arrival: Arrival, size: int = SPARE_PARTS
+    ) -> None:
         self.depot_dir = depot_dir
         self.file_mode = file_mode
+        # Shared by every part this pool hands out: their ready names' tokens.
+        self.arrival = arrival
         self.size = size
         self._spares: collections.deque[tuple[int, Path]] = collections.deque()
         self._lock = threading.Lock()
@@ -140,9 +150,10 @@ def _drop(spare: tuple[int, Path]) -> None:
 class PartFile:
     """One instance being received into `<depot>/<token>.part`."""
 
-    def __init__(self, fd: int, path: Path, meta: bytes) -> None:
+    def __init__(self, fd: int, path: Path, meta: bytes, arrival: Arrival) -> None:
         self.path = path
         self._fd = fd
+        self._arrival = arrival
         self.dataset_offset = len(PREAMBLE) + len(meta)
         self.dataset_bytes = 0
         self.error: OSError | None = None
@@ -191,14 +202,34 @@ class PartFile:
         if self.error is not None:
             raise self.error
         os.fsync(self._fd)
-        name = depotfiles.ready_name(uid)
-        ready = self.path.with_name(name)
-        os.rename(self.path, ready)
+        # Token and rename under one lock: token order is the order files appear in.
+        with self._arrival.ordered():
+            name = depotfiles.ready_name(self._arrival.take(), uid)
+            ready = self.path.with_name(name)
+            os.rename(self.path, ready)
+        try:
+            os.fsync(depot_dir_fd)
+        except OSError:
+            self._take_back(ready)
+            raise
         self.path = ready
         self._ready = True
-        os.fsync(depot_dir_fd)
         self.close()
         return name
+
+    def _take_back(self, ready: Path) -> None:
+        """Undo the rename to the ready name: the rename is not durable, so the SCU
+        is told the store failed, and the committer must not publish it.
+
+        Best effort: if the sweep took the file in that instant, or the name
+        cannot be taken back (or a power cut loses the undo), the instance
+        appears although its SCU was told it failed; the SCU sends it again
+        and the new copy replaces it (README, "What it promises").
+        """
+        try:
+            os.rename(ready, self.path)
+        except OSError as exc:
+            log.error("%s stays ready after a failed depot fsync: %s", ready, exc)
 
     def close(self) -> None:
         """Close the file (releasing the flock); idempotent."""

@@ -1,10 +1,13 @@
-"""The DIMSE services of one established association: C-ECHO, C-STORE, C-CANCEL.
+"""The DIMSE services of one established association: C-ECHO, C-STORE, C-CANCEL,
+and N-ACTION / N-EVENT-REPORT of Storage Commitment.
 
 The connection reads the PDUs; it hands over each decoded command set and
-streams the dataset that follows into the PendingStore this service opened
-for it. Each request gets its answer: C-ECHO at once, C-STORE once its file
-is durable (or with a named failure status and an ERROR event). What the
-protocol does not allow raises ProtocolError, and the connection aborts.
+streams the dataset that follows into the sink this service opened for it
+(a PendingStore, or an N-ACTION's ActionDataset). Each request gets its
+answer: C-ECHO at once, C-STORE once its file is durable (or with a named
+failure status and an ERROR event), N-ACTION once the request is on disk
+(commitment_dimse.py). What the protocol does not allow raises
+ProtocolError, and the connection aborts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Callable
 from storscp.outbox import Outbox
 from storscp.receiver import dimse, pdu
 from storscp.receiver.acse import Negotiated
+from storscp.receiver.commitment_dimse import AssociationCommitment
+from storscp.receiver.commitment_requests import ActionDataset
 from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
 from storscp.receiver.dimse import Command, CommandField
@@ -48,6 +53,7 @@ class DimseService:
         events: AssociationEvents,
         stats: AssociationStats,
         send: Callable[[bytes], None],
+        commitment: AssociationCommitment,
         counter: ReceiverCounter,
         ae_label: str,
     ) -> None:
@@ -60,9 +66,11 @@ class DimseService:
         self.events = events
         self.stats = stats
         self._send = send
+        self.commitment = commitment
         self.counter = counter
         self.ae_label = ae_label
         self._pending: PendingStore | None = None
+        self._action: ActionDataset | None = None
         self._expecting_dataset: Command | None = None
 
     @property
@@ -97,6 +105,17 @@ class DimseService:
                 self.parts,
                 self.limits,
             )
+        elif command.command_field == CommandField.N_ACTION_RQ:
+            self._action = self.commitment.on_action(context_id, context, command)
+            if self._action is not None:
+                self._expecting_dataset = command
+        elif command.command_field == CommandField.N_EVENT_REPORT_RSP:
+            if command.has_dataset:
+                raise ProtocolError("N-EVENT-REPORT-RSP with a dataset")
+            if not self.commitment.on_response(command):
+                self.events.error(
+                    "unexpected response", f"N-EVENT-REPORT-RSP to {command.responded_to}"
+                )
         elif command.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing of ours is cancellable
         else:
@@ -105,26 +124,32 @@ class DimseService:
                 pdu.AbortReason.UNRECOGNIZED_PDU_PARAMETER,
             )
 
-    def dataset_sink(self, context_id: int) -> PendingStore:
+    def dataset_sink(self, context_id: int) -> PendingStore | ActionDataset:
         """Where a dataset fragment on `context_id` goes."""
         if self._expecting_dataset is None:
             raise ProtocolError("dataset fragment without a command")
-        pending = self._pending
-        if pending is None or pending.context_id != context_id:
+        sink = self._pending or self._action
+        if sink is None or sink.context_id != context_id:
             raise ProtocolError("dataset fragment on another presentation context")
-        return pending
+        return sink
 
-    def dataset_ended(self, pending: PendingStore) -> None:
-        """The last fragment is in: finish the C-STORE and answer it."""
+    def dataset_ended(self, sink: PendingStore | ActionDataset) -> None:
+        """The last fragment is in: finish the request and answer it."""
         self._expecting_dataset = None
         self._pending = None
-        self._complete_store(pending)
+        self._action = None
+        if isinstance(sink, ActionDataset):
+            self.commitment.action_ended(sink)
+        else:
+            self._complete_store(sink)
 
-    def discard(self) -> None:
+    def discard(self, reason: str = "the association ended") -> None:
         """The association ended: drop a dataset that was still arriving."""
         if self._pending is not None:
             self._pending.discard()
             self._pending = None
+        self._action = None
+        self.commitment.close(reason)
 
     def _complete_store(self, pending: PendingStore) -> None:
         command = pending.command

@@ -69,7 +69,7 @@ class AssociationEvents:
             **fields,
         )
 
-    def error(self, what: str, reason: str) -> None:
+    def error(self, what: str, reason: str, **fields: bus.FieldValue) -> None:
         assoc = self.assoc
         self.outbox.event(
             bus.EventType.ERROR,
@@ -77,6 +77,7 @@ class AssociationEvents:
             reason=reason,
             calling_ae=assoc.calling_ae if assoc else "",
             **self._where(),
+            **fields,
         )
 
     def store_failed(self, command: Command, status: StoreStatus, reason: str) -> None:

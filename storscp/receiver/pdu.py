@@ -85,3 +85,26 @@ def p_data_command(context_id: int, command: bytes) -> bytes:
     """One P-DATA-TF carrying a whole command set as its last fragment."""
     item = PDV_HEADER.pack(len(command) + 2, context_id, 0x03)
     return HEADER.pack(PduType.P_DATA_TF, len(item) + len(command)) + item + command
+
+
+def p_data_message(context_id: int, data: bytes, is_command: bool, max_pdu: int) -> list[bytes]:
+    """P-DATA-TF PDUs carrying one whole command set or dataset, one PDV each.
+
+    `max_pdu` is the peer's Maximum Length Received (0: no limit): the
+    length of a PDU after its 6-byte header, so each fragment carries at most
+    `max_pdu - 6` bytes (4-byte item length, context id, control header).
+    """
+    room = max_pdu - 6 if max_pdu else max(len(data), 1)
+    room = max(room, 2)
+    pdus = []
+    view = memoryview(data)
+    offset = 0
+    while True:
+        chunk = view[offset : offset + room]
+        offset += len(chunk)
+        last = offset >= len(data)
+        control = (0x01 if is_command else 0x00) | (0x02 if last else 0x00)
+        item = PDV_HEADER.pack(len(chunk) + 2, context_id, control)
+        pdus.append(HEADER.pack(PduType.P_DATA_TF, len(item) + len(chunk)) + item + bytes(chunk))
+        if last:
+            return pdus

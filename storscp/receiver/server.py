@@ -17,11 +17,14 @@ import ssl
 import threading
 import time
 
+from storscp.arrival import Arrival
 from storscp.config import Config
 from storscp.outbox import Outbox
 from storscp.receiver import pdu
 from storscp.receiver.acse import Negotiated, Negotiator
 from storscp.receiver.admission import admission_check, resolve_remote_hosts
+from storscp.receiver.commitment_reports import Mailboxes
+from storscp.receiver.commitment_requests import CommitmentRequests
 from storscp.receiver.connection import Connection, ConnectionServices
 from storscp.receiver.counting import ReceiverCounter
 from storscp.receiver.depot import PartPool
@@ -35,17 +38,27 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
 # Connections still negotiating count against this extra allowance.
 PENDING_CONNECTIONS = 16
+# After abort(), how long connections get to send their A-ABORT and close.
+ABORT_GRACE_S = 2.0
 
 
 class Receiver:
     """Accepts connections and holds what all of them share."""
 
-    def __init__(self, config: Config, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        arrival: Arrival,
+        mailboxes: Mailboxes | None = None,
+        reply_to: str = "",
+    ) -> None:
+        """`reply_to`: the endpoint whose offers go to `mailboxes` ("": none)."""
         self.config = config
         self.outbox = outbox
         self.depot_dir = config.depot_dir
         self.depot_dir_fd = os.open(self.depot_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.parts = PartPool(self.depot_dir, int(config.file_mode))
+        self.parts = PartPool(self.depot_dir, int(config.file_mode), arrival)
         # In bus_dir: the one part of run_dir the components' account may write.
         self.slots = AssociationSlots(config.bus_dir, config.max_associations)
         self.remote_slots = RemoteAESlots(
@@ -61,14 +74,18 @@ class Receiver:
         self.services = ConnectionServices(
             config=config,
             outbox=outbox,
-            negotiator=Negotiator(config.max_pdu_bytes),
+            negotiator=Negotiator(config.max_pdu_bytes, config.accept_unknown_sop_classes),
             parts=self.parts,
-            limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
+            limits=StoreLimits(
+                config.max_instance_bytes, config.min_free_bytes, config.layout == "study"
+            ),
             depot_dir_fd=self.depot_dir_fd,
             admit=self.admit,
             association_ended=self.association_ended,
             counter=self.counter,
             trusted_proxies=trusted_networks(config.trusted_proxies),
+            commitment=CommitmentRequests(config, outbox, self.allowed_hosts, reply_to),
+            mailboxes=mailboxes if reply_to else None,
         )
 
     # -- listening ------------------------------------------------------------
@@ -202,6 +219,13 @@ class Receiver:
         left = self._live()
         for connection in left:
             connection.abort()
+        # Each connection's own thread sends its A-ABORT; one stuck sending to a
+        # peer that does not read is cut off after ABORT_GRACE_S.
+        end = time.monotonic() + ABORT_GRACE_S
+        while self._live() and time.monotonic() < end:
+            time.sleep(0.02)
+        for connection in self._live():
+            connection.kill()
         end = time.monotonic() + 5.0
         while self._live() and time.monotonic() < end:
             time.sleep(0.02)

@@ -77,6 +77,8 @@ class StoreLimits:
 
     max_instance_bytes: int = 0
     min_free_bytes: int = 0
+    # layout = "study": Study and Series Instance UID become directory names.
+    needs_study: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +91,7 @@ class PendingStore:
     calling_ae: str
     sink: PartFile | Discard
     max_instance_bytes: int = 0
+    needs_study: bool = False
     received: int = 0
     head: bytearray = field(default_factory=bytearray)
     # When the command set was complete: the start of the C-STORE's receive time.
@@ -146,13 +149,19 @@ def open_store(
             try:
                 meta = file_meta_bytes(class_uid, uid, transfer_syntax, calling_ae)
                 fd, path = parts.take()
-                sink = PartFile(fd, path, meta)
+                sink = PartFile(fd, path, meta, parts.arrival)
             except OSError as exc:
                 sink = Discard(
                     StoreFailure(status_for_os_error(exc), f"cannot create depot file: {exc}")
                 )
     return PendingStore(
-        command, context_id, transfer_syntax, calling_ae, sink, limits.max_instance_bytes
+        command,
+        context_id,
+        transfer_syntax,
+        calling_ae,
+        sink,
+        limits.max_instance_bytes,
+        limits.needs_study,
     )
 
 
@@ -208,6 +217,9 @@ def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"dataset SOP Class UID {found_class!r} != request {class_uid!r}",
         )
+    study, series, modality = sopuids.study_series_modality(found)
+    if pending.needs_study:
+        _check_placeable(found, study, series)
     try:
         name = part.make_ready(uid, depot_dir_fd)
     except OSError as exc:
@@ -221,4 +233,25 @@ def finish_store(pending: PendingStore, depot_dir_fd: int) -> bus.InstanceStored
         transfer_syntax_uid=pending.transfer_syntax,
         size_bytes=part.dataset_offset + part.dataset_bytes,
         calling_ae=pending.calling_ae,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        modality=modality,
     )
+
+
+def _check_placeable(found: sopuids.DatasetIds, study: str, series: str) -> None:
+    """With layout = "study" both UIDs name directories: refuse what is not a valid UID.
+
+    A Study UID of `..` or `1.2/../3` is refused here, before anything is
+    ready; the committer checks again before it creates a directory.
+    """
+    for name, valid, sent in (
+        ("Study", study, found.study_instance_uid),
+        ("Series", series, found.series_instance_uid),
+    ):
+        if not valid:
+            # Key first: the DIMSE Error Comment keeps only 64 characters.
+            what = "missing" if sent is None else f"invalid: {sent[:24]!r}"
+            raise StoreFailure(
+                StoreStatus.CANNOT_UNDERSTAND, f"layout=study: {name} Instance UID {what}"
+            )

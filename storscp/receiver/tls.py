@@ -8,6 +8,7 @@ expect).
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import cast
 
@@ -22,8 +23,23 @@ class TlsSetupError(StorscpError):
 
 
 def make_tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    for key in ("certificate", "private_key", "ca_file"):
+        path = getattr(tls, key)
+        try:
+            if path is not None:
+                open(path, "rb").close()
+        except OSError as exc:
+            # OpenSSL would say "Permission denied" without saying which file.
+            raise TlsSetupError(
+                f"[tls] {key} {path} cannot be read by uid {os.geteuid()}: {exc.strerror}"
+            ) from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = VERSIONS[tls.min_version]
+    # An end of input without close_notify is just the end of input: a stop
+    # shuts our reading side down to wake the connection's thread, which must
+    # still be able to send its A-ABORT (OpenSSL 3 would otherwise fail the
+    # connection and send an alert). DICOM's PDU lengths detect truncation.
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     try:
         context.load_cert_chain(tls.certificate, tls.private_key)
     except (OSError, ssl.SSLError) as exc:

@@ -1,9 +1,10 @@
 """Render `<run_dir>/supervisord.conf` from the Config.
 
 A normal Supervisor file: `supervisorctl -c <run_dir>/supervisord.conf
-status` works on it. Programs start logger -> committer -> receiver and stop
-in reverse (Supervisor stops one priority group at a time, highest first);
-the listener starts first and stops last, so it sees every state change.
+status` works on it. Programs start logger -> committer -> feed -> commitment
+-> receiver and stop in reverse (Supervisor stops one priority group at a time,
+highest first); the listener starts first and stops last, so it sees every
+state change.
 `stopwaitsecs` of the receiver follows the drain timeout, so a graceful stop
 is never cut short by SIGKILL.
 """
@@ -26,7 +27,7 @@ LOG_NAME = "supervisord.log"
 
 # Start order; the listener is an [eventlistener], the others [program]s.
 # `metrics` runs only when the `metrics` key is not empty (see `program_specs`).
-PROGRAMS = ("logger", "committer", "receiver", "metrics")
+PROGRAMS = ("logger", "committer", "feed", "commitment", "receiver", "metrics")
 ALL_PROGRAMS = ("listener", *PROGRAMS)
 
 
@@ -58,6 +59,12 @@ def program_specs(config: Config) -> dict[str, ProgramSpec]:
         # Its start-up sweep may be long after a crash, but it stays up meanwhile;
         # on stop it commits what is ready, a rename and an fsync per batch.
         "committer": ProgramSpec("storscp.committer", 20, 2, 3, stopwaitsecs=30),
+        # Binds and serves replays from the history, nothing to drain. The
+        # committer's priority: both stop at once (it opens the history lazily).
+        "feed": ProgramSpec("storscp.feed", 20, 1, 3, stopwaitsecs=10),
+        # Storage Commitment reports: its state is on disk, so a stop only
+        # abandons attempts in flight (resumed at the next start).
+        "commitment": ProgramSpec("storscp.commitment", 25, 2, 3, stopwaitsecs=10),
         # pynetdicom's import and the AE take longest; on stop it lets
         # associations finish for drain_timeout_s, then aborts the rest.
         "receiver": ProgramSpec("storscp.receiver", 30, 3, 3, stopwaitsecs=drain_s + 10),

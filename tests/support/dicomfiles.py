@@ -27,7 +27,14 @@ def uid_for(seed: int | str) -> str:
     return generate_uid(prefix=UID_ROOT, entropy_srcs=[str(seed)])
 
 
-def _base(sop_class: str, uid: str, seed: int, transfer_syntax: str) -> Dataset:
+def _base(
+    sop_class: str,
+    uid: str,
+    seed: int,
+    transfer_syntax: str,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -36,8 +43,8 @@ def _base(sop_class: str, uid: str, seed: int, transfer_syntax: str) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = uid
-    ds.StudyInstanceUID = uid_for(f"study-{seed // 1000}")
-    ds.SeriesInstanceUID = uid_for(f"series-{seed // 100}")
+    ds.StudyInstanceUID = study_uid or uid_for(f"study-{seed // 1000}")
+    ds.SeriesInstanceUID = series_uid or uid_for(f"series-{seed // 100}")
     ds.PatientName = f"TEST^PATIENT{seed % 97}"
     ds.PatientID = f"P{seed % 97:05d}"
     ds.StudyDate = "20261127"
@@ -57,10 +64,16 @@ def make_image(
     uid: str | None = None,
     transfer_syntax: str = ExplicitVRLittleEndian,
     patient_name: str | None = None,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
 ) -> str:
-    """Write an uncompressed 16-bit monochrome image; return its SOP Instance UID."""
+    """Write an uncompressed 16-bit monochrome image; return its SOP Instance UID.
+
+    Study and Series UIDs follow the seed unless given (given ones are written
+    as they are, valid or not).
+    """
     uid = uid or uid_for(f"img-{seed}")
-    ds = _base(sop_class, uid, seed, transfer_syntax)
+    ds = _base(sop_class, uid, seed, transfer_syntax, study_uid, series_uid)
     if patient_name is not None:
         ds.PatientName = patient_name
     ds.SamplesPerPixel = 1

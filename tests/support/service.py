@@ -9,32 +9,45 @@ test if any process it started is still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from storscp.logger.lines import ParsedLine, parse_line
 from storscp.logger.reader import read_lines
+from storscp.receiver.depot import SPARE_PARTS
 
 T = TypeVar("T")
 
 STORSCP = str(Path(sys.executable).with_name("storscp"))
 SUPERVISORCTL = str(Path(sys.executable).with_name("supervisorctl"))
-COMPONENTS = ("listener", "logger", "committer", "receiver", "metrics")
+COMPONENTS = ("listener", "logger", "committer", "feed", "commitment", "receiver", "metrics")
 COMPONENT_MODULES = {
     "listener": "storscp.supervisor",
     "logger": "storscp.logger",
     "committer": "storscp.committer",
+    "feed": "storscp.feed",
+    "commitment": "storscp.commitment",
     "receiver": "storscp.receiver",
     "metrics": "storscp.metrics",
 }
+
+
+def as_from_a_terminal() -> None:
+    """preexec_fn: Ctrl-C works as in a terminal (SIGINT default, so Python maps it
+    to KeyboardInterrupt), even when this test run was started in the
+    background, where SIGINT arrives ignored and would stay ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def poll_for(
@@ -137,6 +150,8 @@ class Service:
         self.pids: set[int] = set()
         self.supervisord_pids: set[int] = set()
         self.extension = str(self.keys.get("extension", ".dcm"))
+        # The one-process programs whose START means "started" (an older build has fewer).
+        self.singles = {"committer", "feed", "commitment", "logger", "listener"}
 
     @property
     def depot_dir(self) -> Path:
@@ -266,9 +281,7 @@ class Service:
             fresh = [e for e in starts if int(e.get("pid") or 0) not in known]
         procs = {e["proc"] for e in fresh}
         receivers = sum(1 for e in fresh if e["proc"] == "receiver")
-        expected = {"committer", "logger", "listener"} | (
-            {"metrics"} if self.has_metrics else set()
-        )
+        expected = self.singles | ({"metrics"} if self.has_metrics else set())
         return expected <= procs and receivers >= self.receiver_count()
 
     @property
@@ -336,23 +349,35 @@ class Service:
         poll_for(all_there, timeout_s, f"{len(missing)} stored files")
 
     def depot_entries(self) -> list[str]:
-        """Depot files holding instance data: ready files and non-empty parts.
+        """Depot files that should not be there now: ready files, parts holding
+        data, and empty parts beyond the spares of the live receivers.
 
-        Receivers keep a few empty `*.part` files created in advance (they
-        are removed at stop); those hold nothing and are not listed.
+        Each receiver keeps up to SPARE_PARTS empty `*.part` files created in
+        advance: those are counted per receiver (its pid is in their names),
+        not listed, while they are no more than its pool; those of a receiver
+        that is gone are listed (it removes its own at stop, the committer's
+        sweep those of one that was killed), so after a stop none may remain.
         """
         if not self.depot_dir.is_dir():
             return []
-        held = []
+        held: list[str] = []
+        spares: list[str] = []
         for entry in os.scandir(self.depot_dir):
             if entry.name.startswith("."):
                 continue  # a node's lock file, not an instance
             try:
-                if entry.name.endswith(".part") and entry.stat().st_size == 0:
-                    continue
+                empty_part = entry.name.endswith(".part") and entry.stat().st_size == 0
             except FileNotFoundError:
                 continue
-            held.append(entry.name)
+            (spares if empty_part else held).append(entry.name)
+        if spares:
+            live = set(self.live_components("receiver"))
+            per_receiver = Counter(_creator_pid(name) for name in spares)
+            held += [
+                name
+                for name in spares
+                if _creator_pid(name) not in live or per_receiver[_creator_pid(name)] > SPARE_PARTS
+            ]
         return sorted(held)
 
     # -- supervision --------------------------------------------------------
@@ -446,6 +471,12 @@ class Service:
         return sorted(found)
 
 
+def _creator_pid(part_name: str) -> int | None:
+    """The pid in a part file's name (`<nanoseconds>-<pid>-<n>.part`)."""
+    fields = part_name.split("-")
+    return int(fields[1]) if len(fields) == 3 and fields[1].isdigit() else None
+
+
 def _cmdline_has(pid: int, text: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -478,3 +509,22 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+@contextlib.contextmanager
+def running_service(**keys: object) -> Iterator[Service]:
+    """A started service in its own short temporary directory, stopped and removed after.
+
+    For fixtures wider than a test (`service_factory` is per test), so that
+    several tests share one service's start and stop.
+    """
+    root = short_tempdir()
+    (root / "svc").mkdir()
+    svc = Service(root / "svc", **cast(dict[str, Any], keys))  # configuration keys only
+    try:
+        yield svc.start()
+    finally:
+        try:
+            svc.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

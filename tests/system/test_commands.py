@@ -18,7 +18,8 @@ from support.service import STORSCP, Service, alive, poll_for
 
 STORAGE_MESSAGE = "An existing Storage SCP directory must be specified"
 STATUS_LINE_RE = re.compile(
-    r"^  (listener|logger|committer|receiver|metrics)(?::receiver_\d+)?\s+RUNNING\s+pid (\d+)"
+    r"^  (listener|logger|committer|feed|commitment|receiver|metrics)(?::receiver_\d+)?\s+RUNNING"
+    r"\s+pid (\d+)"
     r"\s+uptime \d+:\d\d:\d\d$"
 )
 
@@ -44,8 +45,8 @@ def test_start_status_stop_answer_like_the_original_service(
     assert re.fullmatch(r"  health\s+ok", lines[-1]), lines  # what /healthz says
     pids = [(m[1], int(m[2])) for m in components if m]
     programs = [name for name, _ in pids]
-    assert programs[:3] == ["listener", "logger", "committer"]
-    assert set(programs[3:-1]) == {"receiver"}  # one per core (receivers = 0)
+    assert programs[:5] == ["listener", "logger", "committer", "feed", "commitment"]
+    assert set(programs[5:-1]) == {"receiver"}  # one per core (receivers = 0)
     assert programs[-1] == "metrics"
     assert all(alive(pid) for _, pid in pids)
     supervisord = svc.supervisord_pid()
@@ -194,6 +195,34 @@ def test_missing_config_file_is_refused(short_tmp: Path) -> None:
     assert_no_traceback(result)
     assert result.returncode == 78
     assert "configuration file not found" in result.stderr
+
+
+@pytest.mark.parametrize("spelling", ['"0640"', '"640"', "0o640", "640"])
+def test_issue_10_storscp_config_shows_the_mode_an_admin_wrote(
+    short_tmp: Path, spelling: str
+) -> None:
+    # Given `file_mode = 640` (or "0640", "640", 0o640) and the same for dir_mode
+    path = short_tmp / "modes.toml"
+    path.write_text(f"file_mode = {spelling}\ndir_mode = {spelling.replace('64', '75')}\n")
+    # When the admin asks for the effective configuration
+    result = subprocess.run(
+        [STORSCP, "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    # Then both are the octal modes written, not decimal 640 = 0o1200
+    assert result.returncode == 0, result.stderr
+    assert 'file_mode = "0640"' in result.stdout.splitlines()
+    assert 'dir_mode = "0750"' in result.stdout.splitlines()
+
+
+def test_issue_10_storscp_config_refuses_a_mode_beyond_0o777(short_tmp: Path) -> None:
+    path = short_tmp / "modes.toml"
+    path.write_text("dir_mode = 1750\n")
+    result = subprocess.run(
+        [STORSCP, "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert_no_traceback(result)
+    assert result.returncode == 78
+    assert f"{path}: key 'dir_mode' must be at most 0o777" in result.stderr
 
 
 # -- a component that cannot start ------------------------------------------------

@@ -73,10 +73,41 @@ def check_storage(svc: Service, pool: SenderPool) -> Counts:
     for uid in found:
         stored = df.dataset_bytes(svc.stored_path(uid))
         assert stored == df.dataset_bytes(pool.instances[uid].path), f"{uid}: bytes differ"
-    expected_names = {svc.stored_path(uid).name for uid in found} | {"depot"}
+    # Beside the instances: the depot and the durable state (.storscp).
+    expected_names = {svc.stored_path(uid).name for uid in found} | {"depot", ".storscp"}
     strays = sorted(set(os.listdir(svc.storage_dir)) - expected_names)
     assert not strays, f"unexpected entries in the storage directory: {strays[:5]}"
     return Counts(pool.sent(), len(acknowledged), len(found), pool.associations())
+
+
+def established_sockets(port: int) -> set[str]:
+    """Socket inodes of established TCP connections whose local port is `port`."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                    inodes.add(fields[9])
+    return inodes
+
+
+def busiest_receiver(svc: Service) -> int | None:
+    """The running receiver holding the most associations (None while none holds one)."""
+    established = established_sockets(svc.current_port())
+    held: dict[int, int] = {}
+    for pid in svc.running_pids("receiver"):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue  # it exited meanwhile
+        count = sum(
+            1 for link in links if link.startswith("socket:[") and link[8:-1] in established
+        )
+        if count:
+            held[pid] = count
+    return max(held, key=held.__getitem__) if held else None
 
 
 def report(
@@ -103,8 +134,12 @@ def test_kill_9_component_loses_no_acknowledged_instance(
     svc = service_factory().start()
     pool = start_senders(svc, batches)
 
-    # When: one process of the program dies without warning (the first one, if several).
-    victim = poll_for(lambda: svc.running_pids(program), 30, f"{program} RUNNING")[0]
+    # When: one process of the program dies without warning (a receiver: one that
+    # holds associations in flight, so that the kill interrupts at least one).
+    if program == "receiver":
+        victim = poll_for(lambda: busiest_receiver(svc), 30, "a receiver holding associations")
+    else:
+        victim = poll_for(lambda: svc.running_pids(program), 30, f"{program} RUNNING")[0]
     os.kill(victim, signal.SIGKILL)
     recovery_s = svc.wait_running_again(program, victim, RECOVERY_LIMIT_S)
 
@@ -114,6 +149,9 @@ def test_kill_9_component_loses_no_acknowledged_instance(
     pool.join(240)
     counts = check_storage(svc, pool)
     assert counts.sent == SENDERS * PER_SENDER
+    if program == "receiver":
+        # The kill cut associations: their senders had to associate again.
+        assert counts.associations > SENDERS, counts
     report(crash_report, program, counts, recovery_s, pool)
 
 

@@ -69,7 +69,7 @@ def test_association_in_flight_completes_during_stop(
     # The committer committed what was ready before it went; nothing partial anywhere.
     assert svc.depot_entries() == []
     assert sorted(p.name for p in svc.storage_dir.iterdir()) == sorted(
-        [svc.stored_path(inst.uid).name for inst in batch] + ["depot"]
+        [svc.stored_path(inst.uid).name for inst in batch] + ["depot", ".storscp"]
     )
     # The logger stopped last and wrote what the others said on their way out.
     released = svc.events("ASSOCIATION", state="released", calling_ae="CRASHSCU0")

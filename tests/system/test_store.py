@@ -17,6 +17,8 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 
 from support import dicomfiles as df
 from support.scu import echoscu, pynetdicom_store, storescu
@@ -192,3 +194,81 @@ def test_graceful_stop_leaves_an_empty_depot(
     svc.stop()
     assert svc.stored_path(uid).is_file()
     assert os.listdir(svc.depot_dir) == []
+
+
+# -- issue 10.8: private and unknown SOP classes ------------------------------------
+
+SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # private: neither pydicom nor pynetdicom knows it
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+
+
+def dcmtk_profile(path: Path, sop_class: str) -> Path:
+    """A storescu configuration file whose profile `Private` proposes `sop_class`.
+
+    storescu proposes only the storage classes DCMTK knows unless told so.
+    """
+    path.write_text(
+        "[[TransferSyntaxes]]\n[Uncompressed]\n"
+        f"TransferSyntax1 = {ExplicitVRLittleEndian}\nTransferSyntax2 = {ImplicitVRLittleEndian}\n"
+        "[[PresentationContexts]]\n[PrivateStorage]\n"
+        f"PresentationContext1 = {sop_class}\\Uncompressed\n"
+        "[[Profiles]]\n[Private]\nPresentationContexts = PrivateStorage\n"
+    )
+    return path
+
+
+def test_issue_10_private_sop_classes_are_stored_like_any_other(
+    service: Service, short_tmp: Path
+) -> None:
+    # Given instances of a private storage class (accept_unknown_sop_classes: default true)
+    sent = short_tmp / "csa.dcm"
+    uid = df.make_image(sent, SIEMENS_CSA_NON_IMAGE, seed=810, rows=8, columns=8)
+    # When pynetdicom proposes it beside a known non-storage class
+    ae = AE(ae_title="PRIVSCU")
+    ae.add_requested_context(SIEMENS_CSA_NON_IMAGE, [ExplicitVRLittleEndian])
+    ae.add_requested_context(PATIENT_ROOT_FIND, [ExplicitVRLittleEndian])
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate("127.0.0.1", service.port, ae_title="STORSCP")
+    try:
+        assert assoc.is_established
+        # Then the private class is accepted with the proposed syntax; the query is not
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        assert accepted == {(SIEMENS_CSA_NON_IMAGE, ExplicitVRLittleEndian)}
+        assert [cx.abstract_syntax for cx in assoc.rejected_contexts] == [PATIENT_ROOT_FIND]
+        assert assoc.send_c_store(sent).Status == 0x0000
+    finally:
+        assoc.release()
+        ae.shutdown()
+    # and stored as sent, with its WRITE
+    service.wait_stored([uid])
+    assert df.dataset_bytes(service.stored_path(uid)) == df.dataset_bytes(sent)
+    write = service.wait_event("WRITE", sop_instance_uid=uid)[0]
+    assert write["sop_class_uid"] == SIEMENS_CSA_NON_IMAGE
+
+    # And DCMTK's storescu, told to propose the class, stores one too
+    other = short_tmp / "csa2.dcm"
+    uid2 = df.make_image(other, SIEMENS_CSA_NON_IMAGE, seed=811, rows=8, columns=8)
+    profile = dcmtk_profile(short_tmp / "private.cfg", SIEMENS_CSA_NON_IMAGE)
+    result = storescu(service.port, [other], "-xf", str(profile), "Private")
+    assert result.returncode == 0, result.stderr
+    service.wait_stored([uid2])
+    assert pydicom.dcmread(service.stored_path(uid2)).SOPClassUID == SIEMENS_CSA_NON_IMAGE
+
+
+def test_issue_10_private_sop_classes_are_refused_when_switched_off(
+    service_factory: type[Service], short_tmp: Path
+) -> None:
+    svc = service_factory(accept_unknown_sop_classes=False).start()
+    sent = short_tmp / "csa.dcm"
+    df.make_image(sent, SIEMENS_CSA_NON_IMAGE, seed=812, rows=8, columns=8)
+    ae = AE(ae_title="PRIVSCU")
+    ae.add_requested_context(SIEMENS_CSA_NON_IMAGE, [ExplicitVRLittleEndian])
+    ae.add_requested_context(df.CT, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", svc.port, ae_title="STORSCP")
+    try:
+        assert assoc.is_established
+        assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [df.CT]
+        assert [cx.abstract_syntax for cx in assoc.rejected_contexts] == [SIEMENS_CSA_NON_IMAGE]
+    finally:
+        assoc.release()
+        ae.shutdown()

@@ -32,7 +32,15 @@ def test_every_program_restarts_and_starts_in_order(tmp_path: Path) -> None:
     procs = programs(options)
     order = sorted(procs, key=lambda name: procs[name].priority)  # type: ignore[attr-defined]
     # Supervisor starts by ascending priority and stops in reverse.
-    assert order == ["listener", "logger", "committer", "receiver", "metrics"]
+    assert order == [
+        "listener",
+        "logger",
+        "committer",
+        "feed",
+        "commitment",
+        "receiver",
+        "metrics",
+    ]
     for pc in procs.values():
         assert pc.autorestart is RestartUnconditionally  # type: ignore[attr-defined]
         assert pc.stopasgroup and pc.killasgroup  # type: ignore[attr-defined]
@@ -43,7 +51,7 @@ def test_every_program_restarts_and_starts_in_order(tmp_path: Path) -> None:
 def test_child_logs_are_rotated_in_run_dir(tmp_path: Path) -> None:
     config = load(None, {"receivers": "1"}, base_dir=tmp_path)
     procs = programs(parsed(config))
-    for name in ("logger", "committer", "receiver"):
+    for name in ("logger", "committer", "commitment", "receiver"):
         pc = procs[name]
         assert pc.stdout_logfile == str(config.run_dir / f"{name}.out.log")  # type: ignore[attr-defined]
         assert pc.redirect_stderr  # type: ignore[attr-defined]

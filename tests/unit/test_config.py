@@ -46,12 +46,29 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
         ('file_mode = "rw-r-----"', "'file_mode'"),
         ('[[remote_ae]]\nname = "X"', "'ae_title' is required"),
         ('[[remote_ae]]\nname = "X"\nae_title = "Y"\nhost = "bad host!"', "'host'"),
-        ('[tls]\nport = 2762\ncertificate = "/nonexistent"\nprivate_key = "/x"', "certificate"),
+        ('[tls]\nport = 2762\ncertificate = "a"\nprivate_key = "b"\nkey = "c"', "'key'"),
         (
             '[tls]\nport = 2762\ncertificate = "a"\nprivate_key = "b"\nmin_version = "1.0"',
             "min_version",
         ),
         ('require_called_aet = "maybe"', "'require_called_aet'"),
+        ('layout = "by-patient"', "'layout'"),
+        ("study_quiet_s = -1", "'study_quiet_s'"),
+        ("feed_max_bytes = 1000", "'feed_max_bytes'"),
+        ("feed_max_age_s = -5", "'feed_max_age_s'"),
+        ('feed_live_endpoint = "tcp://localhost:7001"', "'feed_live_endpoint'"),
+        ('feed_replay_endpoint = "ipc://relative.sock"', "'feed_replay_endpoint'"),
+        ('feed_replay_endpoint = "tcp://127.0.0.1:0"', "'feed_replay_endpoint'"),
+        (
+            'feed_live_endpoint = "tcp://127.0.0.1:7001"\n'
+            'feed_replay_endpoint = "tcp://127.0.0.1:7001"',
+            "are equal",
+        ),
+        # A trailing newline is not part of a valid value ("$" matched before it).
+        ('ae_title = "STORSCP\\n"', "'ae_title'"),
+        ('extension = ".dcm\\n"', "'extension'"),
+        ('host = "localhost\\n"', "'host'"),
+        ('[[remote_ae]]\nname = "X"\nae_title = "Y\\n"', "'ae_title'"),
         ('metrics = "9112"', "'metrics'"),
         ('metrics = "localhost"', "'metrics'"),
         ('metrics = "127.0.0.1:99999"', "'metrics'"),
@@ -87,6 +104,21 @@ def test_run_dir_too_long_for_a_socket(tmp_path: Path) -> None:
         load(None, {"run_dir": "/tmp/" + "x" * 120})
 
 
+def test_state_dir_is_beside_the_storage_and_feed_keys_round_trip(tmp_path: Path) -> None:
+    keys = {
+        "layout": "study",
+        "study_quiet_s": "0",
+        "feed_max_bytes": "65536",
+        "feed_live_endpoint": "tcp://127.0.0.1:7001",
+        "feed_replay_endpoint": "ipc:///run/storscp/feed.sock",
+    }
+    config = load(None, keys, base_dir=tmp_path)
+    assert config.state_dir == tmp_path / "storage" / ".storscp"
+    path = tmp_path / "eff.toml"
+    path.write_text(config.to_toml())
+    assert load(path) == config
+
+
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Config().port = 1  # type: ignore[misc]
@@ -113,17 +145,25 @@ def test_tables_modes_and_booleans_round_trip(tmp_path: Path) -> None:
     assert load(again) == config
 
 
-def test_user_and_admin_group_must_exist(tmp_path: Path) -> None:
+def test_account_names_must_be_account_names(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
-    path.write_text('user = "no-such-user-here"\n')
-    with pytest.raises(ConfigError, match=f"{path}: key 'user' names no user"):
-        load(path, base_dir=tmp_path)
-    path.write_text('admin_group = "no-such-group-here"\n')
-    with pytest.raises(ConfigError, match=f"{path}: key 'admin_group' names no group"):
-        load(path, base_dir=tmp_path)
     path.write_text('user = "root; rm"\n')
-    with pytest.raises(ConfigError, match="key 'user' must be an account name"):
+    with pytest.raises(ConfigError, match=f"{path}: key 'user' must be an account name"):
         load(path, base_dir=tmp_path)
+
+
+def test_issue_10_loading_touches_nothing_on_disk(tmp_path: Path) -> None:
+    # Given accounts and TLS files that do not exist here (or exist only where
+    # the components run): whether they do is preflight's business, not the value's
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'user = "no-such-user-here"\nadmin_group = "no-such-group-here"\n'
+        '[tls]\nport = 2762\ncertificate = "/nonexistent/c.pem"\nprivate_key = "/nonexistent/k"\n'
+    )
+    # When loaded, then it is the value written, nothing more
+    config = load(path, base_dir=tmp_path)
+    assert (config.user, config.admin_group) == ("no-such-user-here", "no-such-group-here")
+    assert config.tls is not None and config.tls.private_key == Path("/nonexistent/k")
 
 
 def test_user_and_admin_group_default_to_none(tmp_path: Path) -> None:
@@ -150,6 +190,8 @@ def test_metrics_endpoint_is_on_loopback_by_default(tmp_path: Path) -> None:
 def test_metrics_addresses(tmp_path: Path, value: str, address: tuple[str, int] | None) -> None:
     config = load(None, {"metrics": value}, base_dir=tmp_path)
     assert config.metrics_address == address
+
+
 def test_node_has_its_own_depot_and_state_beside_the_shared_storage(tmp_path: Path) -> None:
     single = load(None, base_dir=tmp_path)
     assert single.node == "" and single.state_dir == tmp_path / "storage" / ".storscp"
@@ -172,3 +214,51 @@ def test_scale_out_keys_round_trip(tmp_path: Path) -> None:
     assert load(again) == config
     flags = load(None, {"trusted_proxies": "::1, 192.0.2.0/24", "proxy_protocol": "yes"})
     assert flags.trusted_proxies == ("::1", "192.0.2.0/24") and flags.proxy_protocol
+
+
+# -- issue 10.2: file and directory modes, as an admin writes them ----------------
+
+MODE_SPELLINGS = ['"0640"', '"640"', "0o640", "640", '"0o640"', "0o0640"]
+
+
+@pytest.mark.parametrize("spelling", MODE_SPELLINGS)
+def test_issue_10_modes_are_octal_however_they_are_written(tmp_path: Path, spelling: str) -> None:
+    # Given a mode written the way an admin writes it (the integer 640 too)
+    path = tmp_path / "s.toml"
+    path.write_text(f"file_mode = {spelling}\ndir_mode = {spelling.replace('64', '75')}\n")
+    # When loaded, then it is read as octal digits, and shown as such
+    config = load(path, base_dir=tmp_path)
+    assert (config.file_mode, config.dir_mode) == (0o640, 0o750)
+    assert 'file_mode = "0640"' in config.to_toml() and 'dir_mode = "0750"' in config.to_toml()
+
+
+@pytest.mark.parametrize("flag", ["0640", "640", "0o640"])
+def test_issue_10_mode_flags_are_octal(tmp_path: Path, flag: str) -> None:
+    assert load(None, {"file_mode": flag}, base_dir=tmp_path).file_mode == 0o640
+
+
+@pytest.mark.parametrize(
+    ("spelling", "why"),
+    [
+        ("1200", "at most 0o777"),  # what `file_mode = 640` used to become
+        ('"1640"', "at most 0o777"),
+        ("0o4750", "at most 0o777"),
+        ('"0o1777"', "at most 0o777"),
+        ("648", "octal digits 0-7"),
+        ('"0690"', "octal digits 0-7"),
+        ('"rw-r-----"', "octal mode"),
+        ("-640", "octal mode"),
+        ("6.4", "octal mode"),
+        ("true", "octal mode"),
+    ],
+)
+def test_issue_10_modes_beyond_0o777_or_not_octal_are_refused(
+    tmp_path: Path, spelling: str, why: str
+) -> None:
+    for key in ("file_mode", "dir_mode"):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(f"{key} = {spelling}\n")
+        with pytest.raises(ConfigError) as info:
+            load(path, base_dir=tmp_path)
+        assert str(info.value).startswith(f"{path}: key {key!r} must"), info.value
+        assert why in str(info.value)

@@ -6,47 +6,50 @@ import fcntl
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from storscp import bus, depotfiles
-from storscp.committer.commit import QUARANTINE_SUFFIX, Committer
-from storscp.committer.recover import ready_names, remove_orphaned_parts
-from storscp.config import load
+from storscp import depotfiles
+from storscp.arrival import Arrival, parse_token
+from storscp.committer.recover import remove_orphaned_parts
 from storscp.receiver.depot import PartFile, PartPool, create_locked_part, file_meta_bytes
 from storscp.receiver.sopuids import from_file as read_sop_uids
 from support import dicomfiles as df
 
 
-class RecordingOutbox:
-    """Collects events instead of sending them (the bus is tested elsewhere)."""
+@pytest.fixture
+def arrival(tmp_path: Path) -> Iterator[Arrival]:
+    state = tmp_path / "state"
+    state.mkdir()
+    clock = Arrival(state)
+    yield clock
+    clock.close()
 
-    def __init__(self) -> None:
-        self.events: list[tuple[bus.EventType, dict[str, bus.FieldValue]]] = []
 
-    def event(self, type_: bus.EventType, **fields: bus.FieldValue) -> None:
-        self.events.append((type_, fields))
-
-
-def receive(depot: Path, source: Path, uid: str, chunk: int = 1000) -> tuple[PartFile, str]:
+def receive(
+    depot: Path, source: Path, uid: str, arrival: Arrival, chunk: int = 1000
+) -> tuple[PartFile, str]:
     """Stream a source file's dataset into a part file, as the DUL thread would."""
     data = df.dataset_bytes(source)
     meta = file_meta_bytes(df.CT, uid, "1.2.840.10008.1.2.1", "SCU")
-    part = PartFile(*create_locked_part(depot, 0o640), meta)
+    part = PartFile(*create_locked_part(depot, 0o640), meta, arrival)
     for i in range(0, len(data), chunk):
         part.write(memoryview(data)[i : i + chunk])
     part.flush()
     return part, df.CT
 
 
-def test_part_is_locked_and_becomes_a_durable_ready_file(tmp_path: Path) -> None:
+def test_part_is_locked_and_becomes_a_durable_ready_file(
+    tmp_path: Path, arrival: Arrival
+) -> None:
     src = tmp_path / "src.dcm"
     uid = df.make_image(src, df.CT, seed=1)
     depot = tmp_path / "depot"
     depot.mkdir()
-    part, _ = receive(depot, src, uid)
+    part, _ = receive(depot, src, uid, arrival)
     with open(part.path, "rb") as fh, pytest.raises(BlockingIOError):
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     found = read_sop_uids(part.path, part.dataset_offset, "1.2.840.10008.1.2.1")
@@ -56,19 +59,21 @@ def test_part_is_locked_and_becomes_a_durable_ready_file(tmp_path: Path) -> None
     name = part.make_ready(uid, dirfd)
     os.close(dirfd)
     assert depotfiles.uid_of_ready(name) == uid
+    assert parse_token(name) is not None
     assert os.listdir(depot) == [name]
     assert df.dataset_bytes(depot / name) == df.dataset_bytes(src)
     part.discard()  # a ready file belongs to the committer now
     assert os.listdir(depot) == [name]
 
 
-def test_discard_removes_the_part(tmp_path: Path) -> None:
-    part = PartFile(
-        *create_locked_part(tmp_path, 0o640), file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", "")
-    )
+def test_discard_removes_the_part(tmp_path: Path, arrival: Arrival) -> None:
+    depot = tmp_path / "depot"
+    depot.mkdir()
+    meta = file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", "")
+    part = PartFile(*create_locked_part(depot, 0o640), meta, arrival)
     part.write(b"abc")
     part.discard()
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(depot) == []
 
 
 def test_sop_uids_of_big_endian_and_deflated(tmp_path: Path) -> None:
@@ -109,59 +114,14 @@ def test_truncated_or_garbage_dataset_yields_no_uid_pair(
     assert found.sop_instance_uid is None
 
 
-@pytest.fixture
-def committer(tmp_path: Path) -> Committer:
-    config = load(None, {"storage_dir": str(tmp_path / "s")}, base_dir=tmp_path)
-    config.depot_dir.mkdir(parents=True)
-    c = Committer(config, RecordingOutbox())  # type: ignore[arg-type]
-    return c
-
-
-def put_ready(committer: Committer, source: Path, uid: str) -> str:
-    name = depotfiles.ready_name(uid)
-    (committer.depot_dir / name).write_bytes(source.read_bytes())
-    return name
-
-
-def test_sweep_commits_in_arrival_order_and_newest_wins(
-    committer: Committer, tmp_path: Path
+def test_orphaned_part_is_removed_only_when_unlocked_and_old(
+    tmp_path: Path, arrival: Arrival
 ) -> None:
-    uid = df.uid_for("dup")
-    a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"
-    df.make_image(a, df.CT, seed=1, uid=uid, patient_name="A")
-    df.make_image(b, df.CT, seed=2, uid=uid, patient_name="B")
-    first = put_ready(committer, a, uid)
-    second = put_ready(committer, b, uid)
-    assert ready_names(committer.depot_dir) == [first, second]
-    # Given the newer one was committed first (the bus beat the sweep) ...
-    os.utime(committer.depot_dir / first, ns=(1, 1))
-    assert committer.commit_batch([(second, None)]) == 1
-    # ... when the older one turns up, it does not overwrite it.
-    assert committer.commit_batch([(first, None)]) == 0
-    final = committer.storage_dir / f"{uid}.dcm"
-    assert final.read_bytes() == b.read_bytes()
-    assert ready_names(committer.depot_dir) == []
-    outbox = committer.outbox
-    writes = [f for t, f in outbox.events if t == bus.EventType.WRITE]  # type: ignore[attr-defined]
-    assert len(writes) == 1 and writes[0]["sop_class_uid"] == df.CT
-
-
-def test_bad_ready_name_is_quarantined_not_lost(committer: Committer) -> None:
-    name = "123-1-1_../../etc.ready"
-    (committer.depot_dir / "123-1-1_..%2Fetc.ready").write_bytes(b"x")
-    committer.commit_batch([("123-1-1_..%2Fetc.ready", None)])
-    assert os.listdir(committer.depot_dir) == ["123-1-1_..%2Fetc.ready" + QUARANTINE_SUFFIX]
-    assert os.listdir(committer.storage_dir) == ["depot"]
-    del name
-
-
-def test_orphaned_part_is_removed_only_when_unlocked_and_old(tmp_path: Path) -> None:
-    held = PartFile(
-        *create_locked_part(tmp_path, 0o640), file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", "")
-    )
-    orphan = tmp_path / depotfiles.part_name(depotfiles.new_token())
+    meta = file_meta_bytes(df.CT, "1.2", "1.2.840.10008.1.2", "")
+    held = PartFile(*create_locked_part(tmp_path, 0o640), meta, arrival)
+    orphan = tmp_path / depotfiles.part_name(depotfiles.unique_name())
     orphan.write_bytes(b"partial")
-    young = tmp_path / depotfiles.part_name(depotfiles.new_token())
+    young = tmp_path / depotfiles.part_name(depotfiles.unique_name())
     young.write_bytes(b"partial")
     for p in (held.path, orphan):
         os.utime(p, (1, 1))
@@ -196,8 +156,12 @@ def test_file_meta_matches_pydicoms_encoding(tmp_path: Path) -> None:
     assert read_file_meta_info(path).MediaStorageSOPInstanceUID == "1.2.3"
 
 
-def test_part_pool_hands_out_locked_parts_and_cleans_up(tmp_path: Path) -> None:
-    pool = PartPool(tmp_path, 0o640, size=2)
+def test_part_pool_hands_out_locked_parts_and_cleans_up(
+    tmp_path: Path, arrival: Arrival
+) -> None:
+    tmp_path = tmp_path / "depot"
+    tmp_path.mkdir()
+    pool = PartPool(tmp_path, 0o640, arrival, size=2)
     fd, path = pool.take()  # nothing spare yet: made on the spot
     os.close(fd)
     os.unlink(path)
@@ -215,8 +179,8 @@ def test_part_pool_hands_out_locked_parts_and_cleans_up(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_part_pool_refill_leaves_a_failure_to_take(tmp_path: Path) -> None:
-    pool = PartPool(tmp_path / "missing", 0o640)
+def test_part_pool_refill_leaves_a_failure_to_take(tmp_path: Path, arrival: Arrival) -> None:
+    pool = PartPool(tmp_path / "missing", 0o640, arrival)
     pool.refill()  # no directory: nothing made, nothing raised
     with pytest.raises(FileNotFoundError):
         pool.take()

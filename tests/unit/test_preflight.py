@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from storscp.config import load
+from storscp.config import ConfigError, load
 from storscp.errors import CommandRefused
 from storscp.exitcodes import ExitCode
 from storscp.preflight import STORAGE_DIR_MESSAGE
 from storscp.preflight.directories import prepare_run_dir, prepare_storage
+from storscp.preflight.named import check_accounts, check_tls_files
 from storscp.preflight.ports import with_ports
 
 
@@ -59,3 +60,27 @@ def test_a_busy_port_is_refused_and_port_0_becomes_a_free_one(tmp_path: Path) ->
         assert str(info.value) == f"port {port} on 127.0.0.1 is already in use"
     free = with_ports(load(None, {"host": "127.0.0.1", "port": "0"}, base_dir=tmp_path))
     assert free.port != 0
+
+
+def test_user_and_admin_group_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('user = "no-such-user-here"\n')
+    with pytest.raises(ConfigError, match=f"{path}: key 'user' names no user"):
+        check_accounts(load(path, base_dir=tmp_path))
+    path.write_text('admin_group = "no-such-group-here"\n')
+    with pytest.raises(ConfigError, match=f"{path}: key 'admin_group' names no group"):
+        check_accounts(load(path, base_dir=tmp_path))
+    check_accounts(load(None, {"user": "root", "admin_group": "root"}, base_dir=tmp_path))
+
+
+@pytest.mark.parametrize("key", ["certificate", "private_key", "ca_file"])
+def test_tls_files_must_exist_naming_the_key_and_the_file(tmp_path: Path, key: str) -> None:
+    files = {name: tmp_path / f"{name}.pem" for name in ("certificate", "private_key", "ca_file")}
+    for name, file in files.items():
+        if name != key:
+            file.write_text("x")
+    path = tmp_path / "s.toml"
+    path.write_text("[tls]\nport = 2762\n" + "".join(f'{n} = "{f}"\n' for n, f in files.items()))
+    with pytest.raises(ConfigError) as info:
+        check_tls_files(load(path, base_dir=tmp_path))
+    assert str(info.value) == f"{path}: [tls] key {key!r}: {files[key]} does not exist"

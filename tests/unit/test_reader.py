@@ -55,13 +55,30 @@ def test_follow_after_two_alternations_between_polls_says_lines_were_lost(
     tmp_path: Path,
 ) -> None:
     log = AlternatingLog(tmp_path, LIMIT)
-    follower = LogFollower(tmp_path)
+    follower = LogFollower(tmp_path, LIMIT)
     log.write_line(line(0))
     assert follower.poll() == [line(0)]
     for i in range(1, 12):  # 1: 0-4, 2: 5-9, 1 (emptied): 10-11
         log.write_line(line(i))
     assert follower.poll() == [line(i) for i in range(5, 12)]
-    assert follower.lost == 1
+    assert (follower.lost, follower.maybe_lost) == (1, 0)
+
+
+def test_issue_10_two_alternations_after_a_whole_file_was_read_lose_nothing_for_sure(
+    tmp_path: Path,
+) -> None:
+    # Given a follower that read file 1 to its very end (full: no line fits after it)
+    log = AlternatingLog(tmp_path, LIMIT)
+    follower = LogFollower(tmp_path, LIMIT)
+    for i in range(5):
+        log.write_line(line(i))
+    assert follower.poll() == [line(i) for i in range(5)]
+    # When the logger fills file 2 and empties file 1 again before the next poll
+    for i in range(5, 12):
+        log.write_line(line(i))
+    # Then nothing was missed, and the follower does not claim a loss, only a possibility
+    assert follower.poll() == [line(i) for i in range(5, 12)]
+    assert (follower.lost, follower.maybe_lost) == (0, 1)
 
 
 def test_follow_survives_the_current_file_deleted_by_hand(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The commitment process: Storage Commitment reports, checked and delivered."""

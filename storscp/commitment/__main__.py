@@ -1,0 +1,5 @@
+import sys
+
+from storscp.commitment.main import main
+
+sys.exit(main())

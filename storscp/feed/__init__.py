@@ -1,0 +1,1 @@
+"""The feed process: replays the stored-instance feed's history to consumers."""
