@@ -27,7 +27,7 @@ import time
 import zmq
 
 from storscp import __version__, bus
-from storscp.component import StartupFailure, load_component_config, report_startup_failure
+from storscp.component import StartupFailure, begin_component, report_startup_failure
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
 from storscp.logger.counting import LogCounter
@@ -35,7 +35,7 @@ from storscp.logger.lock import LogDirLocked, lock_log_dir
 from storscp.logger.logfile import AlternatingLog
 from storscp.logger.streams import Streams, Verdict, read_known
 from storscp.logger.writer import LogWriter
-from storscp.runtime import StopFlag, die_with_parent
+from storscp.runtime import StopFlag
 
 PROC = "logger"
 POLL_MS = 200
@@ -227,10 +227,7 @@ def drain(sock: zmq.Socket[bytes], acks: Acknowledger, writer: LogWriter, stop: 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_component_config(PROC, argv)
-        stop = StopFlag()
-        stop.install()
-        die_with_parent()
+        config, stop = begin_component(PROC, argv)
         lock_fd, logfile = open_log(config)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
