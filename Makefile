@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit system soak fuzz bench bench-full bench-feed bench-metrics bench-scaleout bench-commitment clean
+.PHONY: install run test lint unit system soak crash fuzz bench bench-full bench-feed bench-metrics bench-scaleout bench-commitment clean
 
 install:
 	scripts/bootstrap.sh
@@ -20,6 +20,12 @@ test:
 soak:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m pytest -q -m slow tests
+
+# The power-loss tests on LazyFS, with many crash points (`make test` runs a few):
+# STORSCP_POWER_CUTS (default 40) per variant; STORSCP_POWER_SEED replays a run.
+crash:
+	scripts/bootstrap.sh --test
+	$(BIN)/python -m pytest -q tests/system/test_power_loss.py
 
 # The benchmark of issue 6 (bench/README.md); not part of `make test`.
 # A quick run reports to bench/out/RESULTS.md; only a full run updates the

@@ -27,12 +27,21 @@ if [ ! -f "$stamp$extras" ] || [ setup.cfg -nt "$stamp$extras" ]; then
 fi
 
 # Debian packages the tests need: "command package" pairs, installed when the
-# command is missing. The tests run these real programs; none is mocked.
+# command is missing (a path instead of a command: when that file is missing).
+# The tests run these real programs; none is mocked. LazyFS (vendor/, the
+# power-loss tests) is compiled by the tests from the FUSE, spdlog and toml11
+# packages, and mounted with fuse3's fusermount3.
 TEST_DEBS=(
     "storescu dcmtk"
     "Orthanc orthanc"
     "prometheus prometheus"
     "/usr/sbin/haproxy haproxy"  # not on a non-root PATH
+    "cmake cmake"
+    "g++ g++"
+    "fusermount3 fuse3"
+    "/usr/include/fuse3/fuse.h libfuse3-dev"
+    "/usr/include/spdlog/spdlog.h libspdlog-dev"
+    "/usr/include/toml.hpp libtoml11-dev"
 )
 
 apt_install() {
@@ -45,8 +54,12 @@ if [ "$want_test" = 1 ]; then
     missing=()
     for pair in "${TEST_DEBS[@]}"; do
         read -r cmd pkg <<<"$pair"
-        # /usr/sbin (Orthanc) may be missing from an ordinary account's PATH.
-        command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+        if [[ "$cmd" == /* ]]; then
+            [ -e "$cmd" ] || missing+=("$pkg")
+        else
+            # /usr/sbin (Orthanc) may be missing from an ordinary account's PATH.
+            command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+        fi
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" != 0 ]; then

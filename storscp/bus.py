@@ -1,22 +1,46 @@
 """The ZeroMQ wire protocol: endpoints, message classes, encode/decode.
 
 Everything that crosses a socket between storscp processes, or from storscp
-to a feed consumer, is defined here. Internal sockets are PUSH (senders
-connect) / PULL (the owner binds) over ipc in `<run_dir>/bus/`. A message is
-two frames: an ASCII kind, then UTF-8 JSON carrying a `"v"` version; only
-`InstanceStored`, the one message per instance on the C-STORE path, is a
-small binary record with its own version byte (see `_encode_stored`). Never
-pickle: decoding must not execute anything.
+to a feed consumer, is defined here. Sockets live over ipc in
+`<run_dir>/bus/`; the owner binds, senders connect. A message is an ASCII
+kind, then UTF-8 JSON carrying a `"v"` version; `InstanceStored`, the one
+message per instance on the C-STORE path, is a small binary record with its
+own version byte instead (see `_encode_stored`), and `EventSent` a binary
+header before its JSON. Never pickle: decoding must not execute anything.
 
-ZeroMQ is the doorbell, the depot is the queue: a lost `InstanceStored`
-costs latency (the committer's sweep finds the file), never data. Likewise
-for the feed: the history is the queue, the live PUB socket the doorbell; a
-consumer that misses a live message sees a gap in `seq` and replays it.
+Receivers -> committer is PUSH/PULL: ZeroMQ is the doorbell, the depot is
+the queue, so a lost `InstanceStored` costs latency (the committer's sweep
+finds the file), never data. Likewise for the feed: the history is the
+queue, the live PUB socket the doorbell; a consumer that misses a live
+message sees a gap in `seq` and replays it.
+
+Every process -> logger is DEALER/ROUTER, because the log has no depot
+behind it: an event that dies in a killed logger's queue is gone unless its
+sender still holds it. So each sender incarnation numbers its events
+(`EventSent`: seq, and `floor`, the oldest it still holds), keeps them until
+the logger says they are written (`Ack`), and sends them again after the
+logger restarts; the logger writes each (origin, seq) once, in order (the
+zguide's "Lazy Pirate" idea, resend until answered, made idempotent with
+sequence numbers).
+
+Why this pair: PUSH/PULL has no way back. A second socket would do
+(a PUB in the logger, a SUB per sender filtering on its origin; missing an
+ack is harmless since they are cumulative), but DEALER/ROUTER does it over
+one connection per sender: the ack comes back on the connection that
+carried the events, the ROUTER names the sender by its routing id (the
+origin), and that connection's handshake tells the sender a new logger is
+there. DEALER is as asynchronous as PUSH ("like PUSH and PULL combined",
+zguide ch. 3), and a ROUTER never blocks on a peer: messages "they can't
+send anywhere: they drop them silently", so a frozen sender cannot stall
+the logger, and the next cumulative ack makes good a dropped one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
 import struct
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -31,6 +55,14 @@ PROTOCOL_VERSION = 1
 # Bounded queues: a slow or absent peer must never make a sender block.
 SEND_HWM = 10_000
 LINGER_MS = 1_000
+
+# The header frame of an EventSent: version, seq, floor. Binary because it is
+# built for every (re)send and read for every event: 0.1 µs, JSON 2 µs.
+EVENT_HEADER = struct.Struct("!BQQ")
+EVENT_HEADER_VERSION = 1
+# An origin: the sender's pid, then 32 random bits (pids are reused, after a
+# restart and after a reboot alike; the random part makes the name unique).
+_ORIGIN_RE = re.compile(rb"[0-9]{1,10}-[0-9a-f]{8}")
 
 FieldValue = str | int | float | bool | None
 _JSON_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool, "tuple[str, ...]": tuple}
@@ -105,6 +137,16 @@ def feed_replay_endpoint(run_dir: Path, configured: str = "") -> str:
     return configured or f"ipc://{run_dir}/{BUS_DIR_NAME}/{FEED_REPLAY_SOCKET}"
 
 
+def new_origin() -> str:
+    """A name for this process incarnation on the logger route: `<pid>-<8 hex digits>`."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def origin_of(routing_id: bytes) -> str | None:
+    """The origin a sender's routing id names, or None if it is not one of ours."""
+    return routing_id.decode("ascii") if _ORIGIN_RE.fullmatch(routing_id) else None
+
+
 def now_iso() -> str:
     """Local time with its UTC offset, millisecond precision."""
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
@@ -154,6 +196,35 @@ class CommitmentRequested:
     request_name: str
 
     KIND = b"sc-requested"
+
+
+@dataclass(frozen=True, slots=True)
+class EventSent:
+    """Sender -> logger: an Event and its place in its sender's stream.
+
+    Frames: [b"sent", EVENT_HEADER + the Event's JSON]. `seq` numbers the
+    events of one sender incarnation from 1; `floor` is the oldest seq the
+    sender still holds, so every event below it is written or given up and
+    the logger need not wait for it. The header is rebuilt for each send,
+    the JSON only once. Two frames, not three: each frame costs pyzmq about
+    as much as the JSON of a short event.
+    """
+
+    seq: int
+    floor: int
+    event: Event
+
+    KIND = b"sent"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Logger -> sender: every event of yours up to `seq` is in the log file."""
+
+    seq: int
+
+    KIND = b"ack"
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +363,8 @@ Message = (
     | CommitmentRequested
     | ReportOffered
     | ReportOutcome
+    | EventSent
+    | Ack
 )
 REPLAY_PAGE_MAX = 1000
 
@@ -309,7 +382,7 @@ _CLASSES: dict[bytes, type] = {
 }
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (Event, ReportOffered, ReportOutcome, *_CLASSES.values())
+    for cls in (Event, Ack, ReportOffered, ReportOutcome, *_CLASSES.values())
 }
 # The JSON type of every field of the flat messages (Event is checked on its own).
 _FIELD_TYPES: dict[type, dict[str, type]] = {
@@ -366,23 +439,45 @@ def _decode_stored(frames: list[bytes]) -> InstanceStored:
     return InstanceStored(depot, uid, sop_class, syntax, size, calling, study, series, modality)
 
 
-def encode(msg: Message) -> list[bytes]:
-    """Message -> [kind, JSON] frames ([kind, binary record] for InstanceStored)."""
-    if type(msg) is InstanceStored:
-        return [msg.KIND, _encode_stored(msg)]
+def _json(msg: Message) -> bytes:
     # A shallow dict: asdict() deep-copies, which costs more than the JSON here.
     body: dict[str, Any] = {name: getattr(msg, name) for name in _FIELD_NAMES[type(msg)]}
     body["v"] = PROTOCOL_VERSION
-    return [msg.KIND, json.dumps(body, ensure_ascii=False).encode("utf-8")]
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Message -> [kind, JSON] frames ([kind, header + JSON] for EventSent,
+    [kind, binary record] for InstanceStored)."""
+    if type(msg) is InstanceStored:
+        return [msg.KIND, _encode_stored(msg)]
+    if isinstance(msg, EventSent):
+        return event_frames(_json(msg.event), msg.seq, msg.floor)
+    return [msg.KIND, _json(msg)]
+
+
+def event_body(event: Event) -> bytes:
+    """The JSON frame of an event, encoded once however often it is sent."""
+    return _json(event)
+
+
+def event_frames(body: bytes, seq: int, floor: int) -> list[bytes]:
+    """The frames of EventSent(seq, floor, <the event of `body`>)."""
+    return [EventSent.KIND, EVENT_HEADER.pack(EVENT_HEADER_VERSION, seq, floor) + body]
 
 
 def decode(frames: list[bytes]) -> Message:
     """[kind, JSON] frames -> Message; BusError on anything else."""
     if len(frames) != 2:
         raise BusError(f"expected 2 frames, got {len(frames)}", frames)
-    kind, payload = frames
-    if kind == InstanceStored.KIND:
+    if frames[0] == EventSent.KIND:
+        return _decode_event_sent(frames)
+    if frames[0] == InstanceStored.KIND:
         return _decode_stored(frames)
+    return _decode_json(frames[0], frames[1], frames)
+
+
+def _decode_json(kind: bytes, payload: bytes, frames: list[bytes]) -> Message:
     try:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -397,6 +492,11 @@ def decode(frames: list[bytes]) -> Message:
             event = Event(**body)
             _check_event(event, frames)
             return event
+        if kind == Ack.KIND:
+            ack = Ack(**body)
+            if not _is_count(ack.seq):
+                raise BusError("ack seq must be a non-negative integer", frames)
+            return ack
         if kind == ReportOffered.KIND:
             offered = ReportOffered(**body)
             _check_offer(offered, frames)
@@ -440,6 +540,24 @@ def decode_page(frames: list[bytes]) -> tuple[ReplayPage, list[FeedMessage]]:
     if len(messages) != page.count:
         raise BusError(f"page announces {page.count} messages, holds {len(messages)}", frames)
     return page, messages
+
+
+def _decode_event_sent(frames: list[bytes]) -> EventSent:
+    payload = frames[1]
+    if len(payload) < EVENT_HEADER.size:
+        raise BusError(f"sent event of {len(payload)} bytes", frames)
+    version, seq, floor = EVENT_HEADER.unpack_from(payload)
+    if version != EVENT_HEADER_VERSION:
+        raise BusError(f"unsupported event header version {version}", frames)
+    if not 1 <= floor <= seq:
+        raise BusError(f"event seq {seq} with floor {floor}", frames)
+    event = _decode_json(Event.KIND, payload[EVENT_HEADER.size :], frames)
+    assert isinstance(event, Event)  # the kind says so
+    return EventSent(seq, floor, event)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_event(event: Event, frames: list[bytes]) -> None:

@@ -21,6 +21,7 @@ from storscp.config import Config, ConfigError, load
 from storscp.errors import StorscpError
 from storscp.exitcodes import ExitCode
 from storscp.outbox import Outbox
+from storscp.runtime import StopFlag, die_with_parent
 
 
 class StartupFailure(StorscpError):
@@ -48,6 +49,16 @@ def load_component_config(proc: str, argv: list[str] | None) -> Config:
         raise StartupFailure(ExitCode.CONFIG, str(exc)) from None
     prepare_metrics_dir(config)
     return config
+
+
+def begin_component(proc: str, argv: list[str] | None) -> tuple[Config, StopFlag]:
+    """What every long-running component does first: its configuration, a stop
+    flag set by SIGTERM/SIGINT, and death with its parent (supervisord)."""
+    config = load_component_config(proc, argv)
+    stop = StopFlag()
+    stop.install()
+    die_with_parent()
+    return config, stop
 
 
 def prepare_metrics_dir(config: Config) -> None:

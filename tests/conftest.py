@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from support.pki import make_pki
 from support.service import Service, short_tempdir
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERMed run unwinds like an interrupted one: fixtures still stop
+    the services, mounts and accounts they made (SIGTERM's default would
+    leave them behind)."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture

@@ -25,15 +25,15 @@ from storscp.commitment.delivery import Deliveries
 from storscp.commitmentfiles import RequestStore
 from storscp.component import (
     StartupFailure,
+    begin_component,
     claim_node,
-    load_component_config,
     make_outbox,
     prepare_commitment_dir,
     report_startup_failure,
 )
 from storscp.exitcodes import ExitCode
 from storscp.inbox import received
-from storscp.runtime import StopFlag, die_with_parent
+from storscp.runtime import StopFlag
 
 PROC = "commitment"
 SCAN_INTERVAL_S = 5.0
@@ -107,10 +107,7 @@ def receive(sock: zmq.Socket[bytes], deliveries: Deliveries) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_component_config(PROC, argv)
-        stop = StopFlag()
-        stop.install()
-        die_with_parent()
+        config, stop = begin_component(PROC, argv)
         store = RequestStore(config.commitment_dir, int(config.file_mode), int(config.dir_mode))
         prepare_commitment_dir(config)
         # Held until we exit, as by every process of a node: `storscp recover`

@@ -25,8 +25,8 @@ from storscp.committer.recover import recover_pending, remove_orphaned_parts
 from storscp.committer.studies import Studies
 from storscp.component import (
     StartupFailure,
+    begin_component,
     claim_node,
-    load_component_config,
     make_depot,
     make_outbox,
     open_arrival,
@@ -36,7 +36,7 @@ from storscp.config import Config
 from storscp.exitcodes import ExitCode
 from storscp.history import History, HistoryError
 from storscp.outbox import Outbox
-from storscp.runtime import StopFlag, die_with_parent
+from storscp.runtime import StopFlag
 
 PROC = "committer"
 MAX_COLLECT = 256
@@ -139,10 +139,7 @@ def open_state(config: Config) -> tuple[Arrival, History]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_component_config(PROC, argv)
-        stop = StopFlag()
-        stop.install()
-        die_with_parent()
+        config, stop = begin_component(PROC, argv)
         if not config.storage_dir.is_dir():
             raise StartupFailure(
                 ExitCode.CANTCREAT,

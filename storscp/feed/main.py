@@ -22,14 +22,14 @@ import zmq
 from storscp import bus
 from storscp.component import (
     StartupFailure,
-    load_component_config,
+    begin_component,
     make_outbox,
     report_startup_failure,
 )
 from storscp.config import Config
 from storscp.exitcodes import ExitCode
 from storscp.history import HistoryError, HistoryReader, history_path
-from storscp.runtime import StopFlag, die_with_parent
+from storscp.runtime import StopFlag
 
 PROC = "feed"
 POLL_MS = 200
@@ -113,10 +113,7 @@ def serve(sock: zmq.Socket[bytes], replayer: Replayer, stop: StopFlag) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_component_config(PROC, argv)
-        stop = StopFlag()
-        stop.install()
-        die_with_parent()
+        config, stop = begin_component(PROC, argv)
     except StartupFailure as exc:
         return report_startup_failure(PROC, exc)
     outbox = make_outbox(PROC, config)

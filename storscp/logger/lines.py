@@ -6,6 +6,11 @@ format characters (newlines and Unicode line separators included) are
 escaped, so a hostile AE title or UID can never split a line or fake another
 event. A line longer than the file limit is shortened field by field and
 ends with `cut=true`, so it still parses.
+
+An event that came with a place in its sender's stream carries it as the
+field after `proc`: `ev=<origin>:<seq>`. It is short (never the longest value,
+never below MIN_CUT_CHARS) and never among the last fields, so a cut keeps it,
+and a restarted logger finds it at a fixed place in the line.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 CUT_FIELD = "cut=true"
 # Longest timestamp we accept from a sender ("2026-11-27T19:56:41.582123+05:45").
 MAX_TIME_CHARS = 40
+# The field that says which sender incarnation wrote an event, and its number there.
+EVENT_ID_KEY = "ev"
 
 
 def _needs_escape(ch: str) -> bool:
@@ -85,25 +92,35 @@ def _head(event: bus.Event) -> str:
     return f"{safe_time(event.time)} {event.type.value}"
 
 
-def _pairs(event: bus.Event) -> list[tuple[str, str]]:
+def _pairs(event: bus.Event, event_id: str | None) -> list[tuple[str, str]]:
     pairs = [("proc", _text(event.proc))]
-    pairs += [(format_key(k), _text(v)) for k, v in event.fields.items() if k != "proc"]
+    if event_id is not None:
+        pairs.append((EVENT_ID_KEY, event_id))
+    pairs += [
+        (format_key(k), _text(v))
+        for k, v in event.fields.items()
+        if k != "proc" and k != EVENT_ID_KEY
+    ]
     return pairs
 
 
-def format_event(event: bus.Event) -> str:
-    """The line for `event`, newline included, whatever its length."""
-    return _head(event) + "".join(f" {k}={quote(v)}" for k, v in _pairs(event)) + "\n"
+def format_event(event: bus.Event, event_id: str | None = None) -> str:
+    """The line for `event`, newline included, whatever its length.
+
+    `event_id`: `<origin>:<seq>` of an event that came with one.
+    """
+    pairs = _pairs(event, event_id)
+    return _head(event) + "".join(f" {k}={quote(v)}" for k, v in pairs) + "\n"
 
 
-def encode_event(event: bus.Event, max_bytes: int) -> bytes:
+def encode_event(event: bus.Event, max_bytes: int, event_id: str | None = None) -> bytes:
     """The UTF-8 line for `event`, at most `max_bytes` long.
 
     A line that does not fit has its longest values shortened (never below
     MIN_CUT_CHARS), then its last fields dropped, and is marked `cut=true`:
     the reader still sees the event, its type and its short fields.
     """
-    line = format_event(event).encode("utf-8")
+    line = format_event(event, event_id).encode("utf-8")
     if len(line) <= max_bytes:
         return line
     head = _head(event)
@@ -111,7 +128,7 @@ def encode_event(event: bus.Event, max_bytes: int) -> bytes:
     # No value can be longer than the whole line; keep only fields whose key fits.
     pairs: list[tuple[str, str]] = []
     minimum = 0
-    for key, value in _pairs(event):
+    for key, value in _pairs(event, event_id):
         minimum += len(key) + 4  # ' k=""'
         if minimum > budget:
             break
@@ -122,6 +139,8 @@ def encode_event(event: bus.Event, max_bytes: int) -> bytes:
         if total <= budget:
             break
         key, value = pairs[i]
+        if key == EVENT_ID_KEY:
+            continue  # a restarted logger reads it back: never shortened
         value = _shorten(key, value, sizes[i] - (total - budget))
         pairs[i] = (key, value)
         total -= sizes[i]

@@ -10,6 +10,10 @@ reading its socket, so events wait in the senders' queues instead of being
 lost here. If it is still failing at stop, the backlog goes to stderr
 (Supervisor's child log): kept somewhere rather than nowhere. A failing
 fsync is said once, then at a bounded rate (`storscp.repeats`).
+
+An event with an origin and seq is reported to `Streams.written` only once
+its line is in the file: the acknowledgement follows the write, never the
+receipt, so a line waiting in the backlog is still held by its sender.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from storscp import bus
 from storscp.logger.lines import encode_event
 from storscp.logger.logfile import AlternatingLog
+from storscp.logger.streams import Streams
 from storscp.repeats import Repeats, recovered_fields, still_failing_fields
 
 log = logging.getLogger(__name__)
@@ -44,17 +49,26 @@ class Failure:
     next_report: float
 
 
+# A line waiting in the backlog, and the (origin, seq) to acknowledge once it is written.
+_Waiting = tuple[bytes, str | None, int]
+
+
 class LogWriter:
     """The logger's only path to the files: format, write, survive failures."""
 
     def __init__(
-        self, logfile: AlternatingLog, proc: str, clock: Callable[[], float] = time.monotonic
+        self,
+        logfile: AlternatingLog,
+        proc: str,
+        clock: Callable[[], float] = time.monotonic,
+        streams: Streams | None = None,
     ) -> None:
         self.logfile = logfile
         self.proc = proc
         self.clock = clock
+        self.streams = streams if streams is not None else Streams()
         self.failure: Failure | None = None
-        self.backlog: deque[bytes] = deque()
+        self.backlog: deque[_Waiting] = deque()
         self.backlog_bytes = 0
         self.dropped = 0
         self.written = 0
@@ -69,16 +83,21 @@ class LogWriter:
         """False while the backlog is full: leave events in the senders' queues."""
         return len(self.backlog) < BACKLOG_MAX_LINES and self.backlog_bytes < BACKLOG_MAX_BYTES
 
-    def write(self, event: bus.Event) -> None:
-        line = encode_event(event, self.logfile.max_bytes)
+    def write(self, event: bus.Event, origin: str | None = None, seq: int = 0) -> None:
+        """Write `event` (event `seq` of sender `origin`, if it has one) or keep it for later."""
+        event_id = f"{origin}:{seq}" if origin is not None else None
+        line = encode_event(event, self.logfile.max_bytes, event_id)
         if self.failure is None:
             try:
                 self.logfile.write_line(line)
-                self.written += 1
-                return
             except OSError as exc:
                 self._fail(exc)
-        self._keep(line)
+            else:
+                self.written += 1
+                if origin is not None:
+                    self.streams.written(origin, seq)
+                return
+        self._keep((line, origin, seq))
 
     def error(self, **fields: bus.FieldValue) -> None:
         """Write an ERROR event of the logger itself."""
@@ -131,9 +150,13 @@ class LogWriter:
         try:
             self.logfile.reopen()
             while self.backlog:
-                self.logfile.write_line(self.backlog[0])
-                self.backlog_bytes -= len(self.backlog.popleft())
+                line, origin, seq = self.backlog[0]
+                self.logfile.write_line(line)
+                self.backlog.popleft()
+                self.backlog_bytes -= len(line)
                 self.written += 1
+                if origin is not None:
+                    self.streams.written(origin, seq)
         except OSError as exc:
             failure.reason = _reason(exc)
             if now >= failure.next_report:
@@ -170,7 +193,7 @@ class LogWriter:
                 len(self.backlog),
                 self.failure.reason,
             )
-            for line in self.backlog:
+            for line, _origin, _seq in self.backlog:
                 sys.stderr.write("unwritten: " + line.decode("utf-8", "replace"))
             sys.stderr.flush()
         try:
@@ -197,13 +220,16 @@ class LogWriter:
             RETRY_INTERVAL_S,
         )
 
-    def _keep(self, line: bytes) -> None:
+    def _keep(self, waiting: _Waiting) -> None:
         if not self.accepting:
             self.dropped += 1
             self.dropped_total += 1
+            _line, origin, seq = waiting
+            if origin is not None:
+                self.streams.reject(origin, seq)  # its sender still holds it: take it next time
             return
-        self.backlog.append(line)
-        self.backlog_bytes += len(line)
+        self.backlog.append(waiting)
+        self.backlog_bytes += len(waiting[0])
 
 
 def _reason(exc: OSError) -> str:

@@ -21,14 +21,13 @@ from prometheus_client.registry import CollectorRegistry
 from storscp import __version__, bus
 from storscp.component import (
     StartupFailure,
-    load_component_config,
+    begin_component,
     make_outbox,
     report_startup_failure,
 )
 from storscp.exitcodes import ExitCode
 from storscp.metrics.collect import ServiceCollector
 from storscp.metrics.server import listen, make_app
-from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "metrics"
 HOUSEKEEPING_S = 1.0
@@ -66,10 +65,7 @@ def _is_ours(pid: int, effective_path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_component_config(PROC, argv)
-        stop = StopFlag()
-        stop.install()
-        die_with_parent()
+        config, stop = begin_component(PROC, argv)
         address = config.metrics_address
         if address is None:
             raise StartupFailure(ExitCode.CONFIG, "key 'metrics' is empty: nothing to serve")

@@ -18,8 +18,8 @@ import warnings
 from storscp import __version__, bus
 from storscp.component import (
     StartupFailure,
+    begin_component,
     claim_node,
-    load_component_config,
     make_depot,
     make_outbox,
     open_arrival,
@@ -32,7 +32,6 @@ from storscp.instruments import HEARTBEAT_INTERVAL_S
 from storscp.outbox import Outbox
 from storscp.receiver.commitment_reports import Mailboxes, ReportMail, remove_stale_endpoints
 from storscp.receiver.tls import TlsSetupError, make_tls_context
-from storscp.runtime import StopFlag, die_with_parent
 
 PROC = "receiver"
 
@@ -103,13 +102,9 @@ def listen_failure(config: Config, outbox: Outbox, exc: OSError | TlsSetupError)
     return report_startup_failure(PROC, StartupFailure(code, reason))
 
 
-
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_component_config(PROC, argv)
-        stop = StopFlag()
-        stop.install()
-        die_with_parent()
+        config, stop = begin_component(PROC, argv)
         check_depot(config)
         # The descriptor stays open until we exit: `storscp recover --node` waits for us.
         claim_node(config)

@@ -158,7 +158,7 @@ class SenderPool:
         """`sources`: the source address of each sender (default: the kernel's choice)."""
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # refused connects are expected
-        self._lock = threading.Lock()
+        self._acked_changed = threading.Condition()
         self._acked = 0
         self.senders = [
             Sender(
@@ -174,12 +174,21 @@ class SenderPool:
         self.instances = {inst.uid: inst for batch in batches for inst in batch}
 
     def _count_ack(self) -> None:
-        with self._lock:
+        with self._acked_changed:
             self._acked += 1
+            self._acked_changed.notify_all()
 
     def acknowledged_count(self) -> int:
-        with self._lock:
+        with self._acked_changed:
             return self._acked
+
+    def wait_acknowledged(self, count: int, timeout_s: float) -> None:
+        """Return as soon as `count` instances got Success: the answer itself wakes us."""
+        with self._acked_changed:
+            if self._acked_changed.wait_for(lambda: self._acked >= count, timeout_s):
+                return
+        errors = [f"{s.name}: {s.log.error}" for s in self.senders if s.log.error]
+        raise AssertionError(f"{self._acked} of {count} acknowledged after {timeout_s}s {errors}")
 
     def start(self) -> SenderPool:
         for sender in self.senders:

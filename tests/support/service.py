@@ -9,17 +9,19 @@ test if any process it started is still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from storscp.logger.lines import ParsedLine, parse_line
 from storscp.logger.reader import read_lines
@@ -39,6 +41,13 @@ COMPONENT_MODULES = {
     "receiver": "storscp.receiver",
     "metrics": "storscp.metrics",
 }
+
+
+def as_from_a_terminal() -> None:
+    """preexec_fn: Ctrl-C works as in a terminal (SIGINT default, so Python maps it
+    to KeyboardInterrupt), even when this test run was started in the
+    background, where SIGINT arrives ignored and would stay ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def poll_for(
@@ -505,3 +514,22 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+@contextlib.contextmanager
+def running_service(**keys: object) -> Iterator[Service]:
+    """A started service in its own short temporary directory, stopped and removed after.
+
+    For fixtures wider than a test (`service_factory` is per test), so that
+    several tests share one service's start and stop.
+    """
+    root = short_tempdir()
+    (root / "svc").mkdir()
+    svc = Service(root / "svc", **cast(dict[str, Any], keys))  # configuration keys only
+    try:
+        yield svc.start()
+    finally:
+        try:
+            svc.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

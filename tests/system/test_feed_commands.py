@@ -20,7 +20,7 @@ import pytest
 
 from support import dicomfiles as df
 from support.scu import storescu
-from support.service import STORSCP, Service, poll_for, short_tempdir
+from support.service import STORSCP, Service, as_from_a_terminal, poll_for, short_tempdir
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -76,6 +76,7 @@ def test_storscp_feed_follow_prints_what_comes_next(svc: Service, tmp_path: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_from_a_terminal,
     )
     try:
         uids = send(svc, tmp_path, 2, 200)

@@ -23,7 +23,7 @@ from storscp import __version__, bus
 from storscp.logger.lines import parse_line
 from support import dicomfiles as df
 from support.scu import echoscu, pynetdicom_store, storescu
-from support.service import STORSCP, Service, poll_for
+from support.service import STORSCP, Service, as_from_a_terminal, poll_for
 
 EVENT_TYPES = {"START", "ASSOCIATION", "WRITE", "ERROR"}
 PROCS = {"receiver", "committer", "feed", "commitment", "logger", "listener", "metrics"}
@@ -84,7 +84,7 @@ def test_start_events_name_the_service_and_every_component(service: Service) -> 
     assert receiver["storage_dir"] == str(service.storage_dir)
     assert receiver["log_dir"] == str(service.log_dir)
     # Supervisor calls a component RUNNING after startsecs; START comes first.
-    processes = 5 + service.receiver_count() + (1 if service.has_metrics else 0)
+    processes = len(service.singles) + service.receiver_count() + (1 if service.has_metrics else 0)
     status = poll_for(
         lambda: (
             (out := service.supervisorctl("status").stdout).count("RUNNING") == processes and out
@@ -294,7 +294,10 @@ def start_follower(svc: Service, out_path: Path, err_path: Path) -> subprocess.P
     """`storscp logs -f -n 0`, printing into out_path once it is reading."""
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         follower = subprocess.Popen(
-            [STORSCP, "logs", "-f", "-n", "0", "-c", str(svc.config_path)], stdout=out, stderr=err
+            [STORSCP, "logs", "-f", "-n", "0", "-c", str(svc.config_path)],
+            stdout=out,
+            stderr=err,
+            preexec_fn=as_from_a_terminal,
         )
     # -n 0 prints nothing old, so an echo it prints shows it is reading; once it
     # has printed an echo's last line, it has printed every line written so far.
@@ -474,7 +477,7 @@ def test_second_logger_exits_at_once_and_writes_nothing(service: Service) -> Non
 
 def test_malformed_bus_messages_become_error_lines(service: Service) -> None:
     context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
+    sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 5000)
     try:
         sock.connect(bus.logger_endpoint(service.run_dir))
@@ -483,11 +486,15 @@ def test_malformed_bus_messages_become_error_lines(service: Service) -> None:
         sock.send_multipart([b"one frame"])
         stored = bus.InstanceStored("x.ready", "1.2", "1.2.3", "1.2.840.10008.1.2", 1, "AE")
         sock.send_multipart(bus.encode(stored))  # a committer message on the logger's socket
+        # a numbered event from a socket without an origin (its routing id is ZeroMQ's)
+        event = bus.Event(bus.EventType.WRITE, "receiver", {"n": 1})
+        sock.send_multipart(bus.encode(bus.EventSent(1, 1, event)))
     finally:
         sock.close()
         context.term()
-    errors = service.wait_event("ERROR", count=3, what="malformed bus message")
+    errors = service.wait_event("ERROR", count=4, what="malformed bus message")
     assert {e["frames"] for e in errors} == {"2", "1"}
+    assert [e["reason"] for e in errors].count("sender has no origin") == 1
     service.wait_event("ERROR", what="unexpected bus message", kind="InstanceStored")
     assert_every_line_is_an_event(service)
     assert service.events("WRITE") == []

@@ -199,8 +199,10 @@ def check_only_the_receiver_needs_the_key(svc: Service, account: str, key: Path)
     assert not started_anew("receiver")
     status = svc.command("status")
     assert status.stdout.splitlines()[0] == "service degraded", status.stdout
-    lines = status.stdout.splitlines()
-    receiver_lines = [line for line in lines if line.lstrip().startswith("receiver")]
+    # The program lines of the receivers (not the health line, which names it too)
+    receiver_lines = [
+        line for line in status.stdout.splitlines() if line.split()[:1] == ["receiver"]
+    ]
     assert receiver_lines and all(f"exit status 78: {reason}" in line for line in receiver_lines)
 
     # And a fresh start is refused before anything runs, naming key, file and account

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from storscp import bus
@@ -81,6 +83,19 @@ def test_commitment_messages_round_trip(msg: bus.Message) -> None:
     assert bus.decode(bus.encode(msg)) == msg
 
 
+def test_event_sent_round_trips_in_two_frames() -> None:
+    event = bus.Event(bus.EventType.WRITE, "committer", {"path": "/s/1.2.dcm", "bytes": 3})
+    msg = bus.EventSent(seq=7, floor=5, event=event)
+    frames = bus.encode(msg)
+    assert len(frames) == 2 and frames[0] == b"sent"
+    assert frames == bus.event_frames(bus.event_body(event), 7, 5)
+    assert bus.decode(frames) == msg
+
+
+def test_ack_round_trips() -> None:
+    assert bus.decode(bus.encode(bus.Ack(12345))) == bus.Ack(12345)
+
+
 @pytest.mark.parametrize(
     "frames",
     [
@@ -113,3 +128,34 @@ def test_commitment_messages_round_trip(msg: bus.Message) -> None:
 def test_malformed_commitment_messages_raise_bus_error(frames: list[bytes]) -> None:
     with pytest.raises(bus.BusError):
         bus.decode(frames)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"sent", b"\x01short"],
+        [b"sent", bus.EVENT_HEADER.pack(2, 1, 1) + b"{}"],  # unknown header version
+        [b"sent", bus.EVENT_HEADER.pack(1, 3, 4) + b"{}"],  # floor above seq
+        [b"sent", bus.EVENT_HEADER.pack(1, 0, 0) + b"{}"],  # seq 0
+        [b"sent", bus.EVENT_HEADER.pack(1, 1, 1) + b"\xff"],
+        [b"sent", bus.EVENT_HEADER.pack(1, 1, 1)],
+        [b"sent", bus.EVENT_HEADER.pack(1, 1, 1), b'{"v": 1}'],
+        [b"ack", b'{"v": 1, "seq": -1}'],
+        [b"ack", b'{"v": 1, "seq": true}'],
+        [b"ack", b'{"v": 1}'],
+    ],
+)
+def test_malformed_event_sent_and_ack_raise_bus_error(frames: list[bytes]) -> None:
+    with pytest.raises(bus.BusError) as info:
+        bus.decode(frames)
+    assert info.value.frames == frames
+
+
+def test_an_origin_is_pid_and_random_part_and_nothing_else_passes_for_one() -> None:
+    origin = bus.new_origin()
+    pid, _, random_part = origin.partition("-")
+    assert pid == str(os.getpid()) and len(random_part) == 8
+    assert bus.new_origin() != origin  # a second incarnation of the same pid differs
+    assert bus.origin_of(origin.encode()) == origin
+    for bad in (b"\x00k\x8b\x45\x67", b"12-ABCDEF01", b"12-abcdef0", b"-abcdef01", b"1-abcdef01 "):
+        assert bus.origin_of(bad) is None

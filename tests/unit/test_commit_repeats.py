@@ -46,22 +46,24 @@ def config(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def logger_end(config: Config) -> Iterator[zmq.Socket[bytes]]:
+    """The logger's end of the bus: a ROUTER, as in the logger (it acknowledges nothing)."""
     context = zmq.Context()
-    pull: zmq.Socket[bytes] = context.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(bus.logger_endpoint(config.run_dir))
-    yield pull
-    pull.close()
+    router: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(bus.logger_endpoint(config.run_dir))
+    yield router
+    router.close()
     context.term()
 
 
-def received(pull: zmq.Socket[bytes]) -> list[bus.Event]:
-    events = []
-    while pull.poll(200):
-        msg = bus.decode(pull.recv_multipart())
-        assert isinstance(msg, bus.Event)
-        events.append(msg)
-    return events
+def received(router: zmq.Socket[bytes]) -> list[bus.Event]:
+    """The events that arrived, each once: unacknowledged ones may have been sent again."""
+    events: dict[int, bus.Event] = {}
+    while router.poll(200):
+        msg = bus.decode(router.recv_multipart()[1:])  # after the sender's routing id
+        assert isinstance(msg, bus.EventSent)
+        events.setdefault(msg.seq, msg.event)
+    return [events[seq] for seq in sorted(events)]
 
 
 def test_issue_10_a_file_that_cannot_be_committed_is_said_to_fail_at_a_bounded_rate(

@@ -141,6 +141,29 @@ def test_short_event_is_not_cut() -> None:
     assert encode_event(event, 1024) == format_event(event).encode()
 
 
+def test_the_event_id_follows_proc_and_a_field_cannot_fake_it() -> None:
+    event = bus.Event(
+        bus.EventType.WRITE,
+        "committer",
+        {"ev": "1-00000000:999", "path": "/s/1.2.dcm"},
+        time="2026-11-27T10:00:00.000+01:00",
+    )
+    assert format_event(event, "3311-7f3a9c21:1234") == (
+        "2026-11-27T10:00:00.000+01:00 WRITE proc=committer ev=3311-7f3a9c21:1234 path=/s/1.2.dcm\n"
+    )
+    assert " ev=" not in format_event(event)
+
+
+def test_a_cut_line_keeps_its_event_id_whole() -> None:
+    event_id = "4294967295-7f3a9c21:18446744073709551615"  # the longest there can be
+    fields: dict[str, bus.FieldValue] = {f"k{i}": "v" * 50 for i in range(100)}
+    fields["reason"] = "r" * 5000
+    line = encode_event(bus.Event(bus.EventType.ERROR, "x" * 40, fields), 1024, event_id)
+    assert len(line) <= 1024 and line.endswith(b" cut=true\n")
+    parsed = parse_line(line.decode("utf-8"))
+    assert parsed is not None and parsed["ev"] == event_id
+
+
 def test_parse_line_survives_a_line_cut_inside_an_escape() -> None:
     for text in ('T E a="\\u12', 'T E a="\\x', 'T E a="\\U0011ffff" b=c', 'T E a="\\'):
         parsed = parse_line(text)
@@ -162,7 +185,7 @@ def test_any_event_is_one_line_that_parses_back(
     assert parsed is not None and parsed.type == "WRITE" and parsed["proc"] == proc
     written = Counter(format_key(k) for k in fields)
     for key, value in fields.items():
-        if key != "proc" and format_key(key) == key and written[key] == 1:
+        if key not in ("proc", "ev") and format_key(key) == key and written[key] == 1:
             assert parsed[key] == ("" if value is None else str(value))
     cut = encode_event(event, 1024)
     assert len(cut) <= 1024 and cut.count(b"\n") == 1

@@ -108,8 +108,11 @@ def receiver_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connecti
     config.bus_dir.mkdir(parents=True)
     context = zmq.Context()
     pulls = []
-    for endpoint in (bus.logger_endpoint(config.run_dir), bus.committer_endpoint(config.run_dir)):
-        pull = context.socket(zmq.PULL)
+    for endpoint, kind in (
+        (bus.logger_endpoint(config.run_dir), zmq.ROUTER),  # the logger's side of its route
+        (bus.committer_endpoint(config.run_dir), zmq.PULL),
+    ):
+        pull = context.socket(kind)
         pull.setsockopt(zmq.LINGER, 0)
         pull.bind(endpoint)
         pulls.append(pull)

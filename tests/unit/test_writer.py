@@ -13,6 +13,7 @@ from storscp.logger import writer as writer_module
 from storscp.logger.counting import LogCounter
 from storscp.logger.lines import parse_line
 from storscp.logger.logfile import AlternatingLog
+from storscp.logger.streams import Verdict
 from storscp.logger.writer import LogWriter
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
@@ -61,6 +62,28 @@ def test_full_disk_keeps_lines_and_writes_them_when_space_returns(tmp_path: Path
     assert last["lines_dropped"] == "0" and "No space left" in last["reason"]
     writer.write(event(5))
     assert seqs(current)[-1] == "5"
+    writer.close()
+
+
+def test_an_event_is_acknowledged_once_its_line_is_in_the_file_not_before(tmp_path: Path) -> None:
+    # Given a full disk: the event is received and kept in memory, not written
+    current = tmp_path / "storscp1.log"
+    current.symlink_to("/dev/full")
+    clock = Clock()
+    writer = LogWriter(AlternatingLog(tmp_path, 100_000), "logger", clock=clock)
+    origin = "42-0000abcd"
+    for seq in (1, 2):
+        assert writer.streams.admit(origin, seq, 1) is Verdict.WRITE
+        writer.write(event(seq), origin, seq)
+    # Then nothing is acknowledged: the sender must keep both
+    assert writer.streams.take_acks() == []
+    # When space returns and the retry writes them, then both are acknowledged
+    current.unlink()
+    clock.now += writer_module.RETRY_INTERVAL_S
+    writer.tick()
+    assert seqs(current) == ["1", "2"]
+    assert writer.streams.take_acks() == [(origin, 2)]
+    assert f"ev={origin}:2 " in current.read_text()
     writer.close()
 
 
