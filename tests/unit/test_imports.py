@@ -15,7 +15,7 @@ import pytest
 
 # Only the receiver parses DICOM (pynetdicom, pydicom); only the metrics
 # program serves HTTP (prometheus_client's exposition, http.server).
-HEAVY = ("pydicom", "pynetdicom", "supervisor", "http.server", "http.client", "ssl")
+HEAVY = ("pydicom", "pynetdicom", "supervisor", "http.server", "http.client", "ssl", "_hashlib")
 LIGHT_PROGRAMS = (
     "storscp.logger.main",
     "storscp.committer.main",
