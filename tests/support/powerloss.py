@@ -104,7 +104,7 @@ def service_pids(svc: Service) -> list[int]:
     """supervisord first (frozen first, it restarts nothing), then every component."""
     assert svc.proc is not None
     components = svc.live_components()
-    expected = 3 + int(svc.has_metrics) + svc.receiver_count()
+    expected = len(svc.singles) + int(svc.has_metrics) + svc.receiver_count()
     assert len(components) == expected, components
     return [svc.proc.pid, *components]
 
@@ -208,7 +208,7 @@ def run_crash_points(
     for point in range(points):
         tally.add(*crash_point(rig, svc, point, rng, right_after_success))
     # Parts fsynced but never renamed are swept after the committer's grace period.
-    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to be swept")
+    svc.wait_depot_swept()
 
 
 def crash_point(

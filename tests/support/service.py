@@ -353,6 +353,14 @@ class Service:
 
         poll_for(all_there, timeout_s, f"{len(missing)} stored files")
 
+    def wait_depot_swept(self, timeout_s: float = 120) -> None:
+        """Until depot_entries() is empty (the committer's sweep takes a dead
+        receiver's parts once PART_GRACE_S old); on timeout, say what is left."""
+        try:
+            poll_for(lambda: self.depot_entries() == [], timeout_s, "the depot to be swept")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; left: {self.depot_entries()}") from None
+
     def depot_entries(self) -> list[str]:
         """Depot files that should not be there now: ready files, parts holding
         data, and empty parts beyond the spares of the live receivers.

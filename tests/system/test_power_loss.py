@@ -44,7 +44,6 @@ from support.powerloss import (
     service_pids,
 )
 from support.scu import pynetdicom_store
-from support.service import poll_for
 
 SHORT_CUTS = 2
 LONG_CUTS = int(os.environ.get("STORSCP_POWER_CUTS", "40"))
@@ -136,7 +135,7 @@ def test_storscp_keeps_what_it_acknowledged_through_a_power_cut(
     assert pynetdicom_store(svc.port, [(extra.path, df.CT, EXPLICIT_LE)]) == [0]
     svc.wait_stored([extra.uid])
     # And the killed receiver's spare parts are swept once their grace period is over
-    poll_for(lambda: svc.depot_entries() == [], 60, "the depot to be swept")
+    svc.wait_depot_swept()
 
 
 CUTS = [
