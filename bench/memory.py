@@ -40,7 +40,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 SETTLE_S = 5.0
 SAMPLE_INTERVAL_S = 0.1
 LOAD = (("tiny", 400, 4), ("small", 100, 4), ("large", 4, 1))  # workload, count, senders
-HEAVY = ("pydicom", "pynetdicom", "zmq", "supervisor", "ssl", "numpy")
+HEAVY = (
+    "pydicom",
+    "pynetdicom",
+    "zmq",
+    "supervisor",
+    "ssl",
+    "sqlite3",
+    "prometheus_client",
+    "numpy",
+)
 IMPORTS = (
     "pydicom",
     "pynetdicom",
@@ -48,10 +57,14 @@ IMPORTS = (
     "supervisor.supervisord",
     "supervisor.childutils",
     "ssl",
+    "prometheus_client",
     "storscp.logger.main",
     "storscp.committer.main",
+    "storscp.feed.main",
+    "storscp.commitment.main",
     "storscp.receiver.main",
     "storscp.supervisor.listener",
+    "storscp.metrics.main",
     "storscp.cli",
 )
 IMPORT_RUNS = 5

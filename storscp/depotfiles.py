@@ -53,6 +53,14 @@ def arrival_key(name: str) -> tuple[bool, str]:
     return (name[arrival.BOOT_DIGITS : arrival.BOOT_DIGITS + 1] == ".", name)
 
 
+def ready_names(depot_dir: Path) -> list[str]:
+    """Ready files in the depot, in arrival order."""
+    with os.scandir(depot_dir) as entries:
+        names = [e.name for e in entries if e.name.endswith(READY_SUFFIX)]
+    names.sort(key=arrival_key)
+    return names
+
+
 def is_part(name: str) -> bool:
     return name.endswith(PART_SUFFIX)
 

@@ -14,31 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from storscp import depotfiles
+from storscp import depotfiles, filemeta
 from storscp.commitmentinfo import Failure, FailureReason, Reference
 from storscp.config import Config
-from storscp.errors import StorscpError
+from storscp.filemeta import MetaError
 from storscp.lookup import Locator
 from storscp.uids import UIDError
 
-# Our file meta is ~250 bytes; anything past this is not a file we wrote.
-META_READ_BYTES = 16 * 1024
 DEPOT_POLL_S = 0.05
-PREAMBLE_BYTES = 128
-_ELEMENT = struct.Struct("<HH2s")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<L")
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
-
-
-class MetaError(StorscpError, ValueError):
-    """A stored file whose meta information we cannot read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,39 +38,13 @@ class CheckResult:
 def stored_uids(path: Path) -> tuple[str, str]:
     """(Media Storage SOP Class UID, SOP Instance UID) from a Part 10 file's meta.
 
-    Reads at most META_READ_BYTES. Raises OSError (FileNotFoundError if the
+    Reads at most filemeta.META_READ_BYTES. Raises OSError (FileNotFoundError if the
     file is not there) or MetaError.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(META_READ_BYTES)
-    if head[PREAMBLE_BYTES : PREAMBLE_BYTES + 4] != b"DICM":
-        raise MetaError("no DICM prefix")
-    values: dict[int, bytes] = {}
-    pos = PREAMBLE_BYTES + 4
-    while pos + 8 <= len(head):
-        group, element, vr = _ELEMENT.unpack_from(head, pos)
-        if group != 0x0002:
-            break
-        if vr in _LONG_VRS:
-            if pos + 12 > len(head):
-                break
-            length = _U32.unpack_from(head, pos + 8)[0]
-            pos += 12
-        else:
-            length = _U16.unpack_from(head, pos + 6)[0]
-            pos += 8
-        if pos + length > len(head):
-            raise MetaError(
-                f"file meta element (0002,{element:04X}) runs past {META_READ_BYTES} bytes"
-            )
-        values[element] = head[pos : pos + length]
-        pos += length
-    try:
-        sop_class = values[0x0002].decode("ascii").rstrip("\x00 ")
-        sop_instance = values[0x0003].decode("ascii").rstrip("\x00 ")
-    except (KeyError, UnicodeDecodeError):
-        raise MetaError("file meta lacks Media Storage SOP Class or Instance UID") from None
-    return sop_class, sop_instance
+    meta = filemeta.read(path)
+    if not {filemeta.MEDIA_SOP_CLASS, filemeta.MEDIA_SOP_INSTANCE} <= meta.values.keys():
+        raise MetaError("file meta lacks Media Storage SOP Class or Instance UID")
+    return meta.text(filemeta.MEDIA_SOP_CLASS), meta.text(filemeta.MEDIA_SOP_INSTANCE)
 
 
 def ready_uids(depots_dir: Path) -> set[str]:

@@ -4,6 +4,9 @@ Used for files found by the sweep: after a committer restart, a receiver
 that died between making the file ready and telling us, or a dropped bus
 message. The file meta gives SOP Class, transfer syntax and calling AE; the
 dataset's head gives Study, Series and Modality, as the receiver would have.
+Both are read without pydicom (`storscp.filemeta`, `sopuids.from_head`);
+only a head that walk cannot tell (deflated, deeply nested) falls back to
+pydicom, imported then.
 """
 
 from __future__ import annotations
@@ -12,16 +15,13 @@ import logging
 import os
 from pathlib import Path
 
-from pydicom.filereader import read_file_meta_info
-
-from storscp import bus
+from storscp import bus, filemeta
 from storscp.receiver import sopuids
 
 log = logging.getLogger(__name__)
 
-PREAMBLE_BYTES = 132
-# A file meta element header (tag, VR, 2-byte length) and the group length's 4-byte value.
-GROUP_LENGTH_BYTES = 12
+# The identifiers sit in the dataset's first few hundred bytes.
+HEAD_BYTES = 64 * 1024
 
 
 def describe(path: Path, name: str, uid: str) -> bus.InstanceStored:
@@ -32,22 +32,21 @@ def describe(path: Path, name: str, uid: str) -> bus.InstanceStored:
     """
     size = os.stat(path).st_size
     try:
-        meta = read_file_meta_info(path)
-        sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
-        syntax = str(meta.get("TransferSyntaxUID", ""))
-        calling = str(meta.get("SourceApplicationEntityTitle", "")).strip()
-        group_length = int(meta.get("FileMetaInformationGroupLength"))
-        offset = PREAMBLE_BYTES + GROUP_LENGTH_BYTES + group_length
+        meta = filemeta.read(path)
+        sop_class = meta.text(filemeta.MEDIA_SOP_CLASS)
+        syntax = meta.text(filemeta.TRANSFER_SYNTAX)
+        calling = meta.text(filemeta.SOURCE_AE).strip()
+        offset = meta.dataset_offset
     except FileNotFoundError:
         raise
-    except Exception as exc:  # a damaged meta must not stop the commit
+    except (OSError, filemeta.MetaError) as exc:  # a damaged meta must not stop the commit
         log.warning("cannot read file meta of %s: %s", path, exc)
         sop_class = syntax = calling = ""
         offset = -1
     study = series = modality = ""
     if offset > 0:
         try:
-            ids = sopuids.from_file(path, offset, syntax)
+            ids = _identifiers(path, offset, syntax)
             study, series, modality = sopuids.study_series_modality(ids)
         except (ValueError, OSError) as exc:
             log.warning("cannot read the identifiers of %s: %s", path, exc)
@@ -62,3 +61,11 @@ def describe(path: Path, name: str, uid: str) -> bus.InstanceStored:
         series_instance_uid=series,
         modality=modality,
     )
+
+
+def _identifiers(path: Path, offset: int, syntax: str) -> sopuids.DatasetIds:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        head = fh.read(HEAD_BYTES)
+    ids = sopuids.from_head(head, syntax, complete=len(head) < HEAD_BYTES)
+    return ids if ids is not None else sopuids.from_file(path, offset, syntax)

@@ -43,14 +43,6 @@ def recover_pending(committer: Committer) -> list[bus.InstanceCommitted]:
     return messages
 
 
-def ready_names(depot_dir: Path) -> list[str]:
-    """Ready files in the depot, in arrival order."""
-    with os.scandir(depot_dir) as entries:
-        names = [e.name for e in entries if e.name.endswith(depotfiles.READY_SUFFIX)]
-    names.sort(key=depotfiles.arrival_key)
-    return names
-
-
 def remove_orphaned_parts(depot_dir: Path, grace_s: float = PART_GRACE_S) -> list[tuple[str, int]]:
     """Delete part files that no receiver holds; return their (name, size).
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from storscp.arrival import format_token, parse_token
 from storscp.committer.commit import QUARANTINE_SUFFIX
-from storscp.committer.recover import ready_names, remove_orphaned_parts
+from storscp.committer.recover import remove_orphaned_parts
+from storscp.depotfiles import ready_names
 
 # Below every boot this node numbers (they start at 1).
 RECOVERED_BOOT = 0

@@ -22,8 +22,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from storscp import __version__
-from storscp.committer.recover import ready_names
 from storscp.config import Config
+from storscp.depotfiles import ready_names
 from storscp.instruments import SCRAPED
 from storscp.metrics.files import STARTED_FILE
 from storscp.metrics.health import CHECKS, Facts, Verdict, verdict

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from pydicom.filereader import data_element_generator
-
 from storscp.uids import UIDError, check_uid
 
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
@@ -305,6 +303,10 @@ def from_file(path: Path, offset: int, transfer_syntax_uid: str) -> DatasetIds:
     a parse error is returned if it includes both SOP UIDs (the rest then counts
     as absent); otherwise raises ValueError (or an OSError).
     """
+    # Imported here: the committer, which may call this after a crash, runs
+    # without pydicom otherwise (~15 MiB RSS); the receiver has it loaded anyway.
+    from pydicom.filereader import data_element_generator
+
     found: dict[int, str] = {}
     with open(path, "rb") as fh:
         fh.seek(offset)

@@ -208,6 +208,11 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=self.env,
+            # Not the caller's directory: the components run `python -m
+            # storscp.<name>`, which puts the working directory first on
+            # sys.path, so from a checkout's root they would import that
+            # checkout's code rather than the venv's (bench.feed --baseline).
+            cwd=self.root,
         )
         out.close()
         self.supervisord_pids.add(self.proc.pid)

@@ -12,6 +12,28 @@ def test_instance_stored_round_trips() -> None:
     assert bus.decode(bus.encode(msg)) == msg
 
 
+def test_instance_stored_is_a_versioned_binary_record_with_every_field() -> None:
+    msg = bus.InstanceStored(
+        "0001.000000000000000001.000001_1.2.3.ready",
+        "1.2.3",
+        "1.2.840",
+        "1.2.840.10008.1.2",
+        2**40,
+        "ÄE \x00",
+        "1.2.9",
+        "1.2.9.1",
+        "CT",
+    )
+    kind, payload = bus.encode(msg)
+    assert kind == b"stored" and payload[0] == bus.STORED_VERSION
+    assert bus.decode([kind, payload]) == msg
+
+
+def _stored(version: int = 1, size: int = 5, strings: tuple[bytes, ...] = (b"a",) * 8) -> bytes:
+    body = b"".join(len(s).to_bytes(4, "little") + s for s in strings)
+    return bytes([version]) + size.to_bytes(8, "little", signed=True) + body
+
+
 def test_event_round_trips_with_unicode_and_control_characters() -> None:
     msg = bus.Event(bus.EventType.ERROR, "receiver", {"reason": 'bad\nline "é"', "n": 3})
     assert bus.decode(bus.encode(msg)) == msg
@@ -25,6 +47,11 @@ def test_event_round_trips_with_unicode_and_control_characters() -> None:
         [b"stored", b"[]"],
         [b"stored", b'{"v": 99}'],
         [b"stored", b'{"v": 1, "depot_name": 3}'],
+        [b"stored", _stored()[:-1]],
+        [b"stored", _stored() + b"x"],
+        [b"stored", _stored(version=2)],
+        [b"stored", _stored(strings=(b"a",) * 7 + (b"\xff",))],
+        [b"stored", _stored(strings=(b"a",) * 7)],
         [b"event", b'{"v": 1, "type": "NOPE", "proc": "x", "fields": {}, "time": "t"}'],
         [b"pickle", b'{"v": 1}'],
         [b"event", b'{"v": 1, "type": "WRITE", "proc": 7, "fields": {}, "time": "t"}'],

@@ -185,3 +185,23 @@ def test_part_pool_refill_leaves_a_failure_to_take(tmp_path: Path, arrival: Arri
     with pytest.raises(FileNotFoundError):
         pool.take()
     pool.close()
+
+
+@pytest.mark.parametrize(("umask", "chmods"), [(0o022, False), (0o077, True), (0o000, False)])
+def test_a_part_has_exactly_the_file_mode_and_fchmod_only_where_the_umask_strips_bits(
+    tmp_path: Path, arrival: Arrival, umask: int, chmods: bool
+) -> None:
+    # Given the process umask (read by the pool once, from /proc/self/status)
+    old = os.umask(umask)
+    try:
+        pool = PartPool(tmp_path, 0o640, arrival, size=1)
+        fd, _path = pool.take()
+    finally:
+        os.umask(old)
+    # Then the part has the configured mode either way; fchmod only when needed
+    try:
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o640
+        assert pool._chmod is chmods
+    finally:
+        os.close(fd)
+        pool.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import pytest
+
 from storscp.instruments import listener_metrics, sample_value
-from storscp.supervisor.listener import count, error_for
+from storscp.supervisor.listener import acknowledge, count, error_for, tokens, wait_event
 
 
 def write_logs(run_dir: Path) -> None:
@@ -79,3 +82,23 @@ def test_exits_and_automatic_restarts_are_counted_by_program() -> None:
     assert sample_value(metrics.exits, exits, program="receiver", expected="true") == 1
     restarts = "storscp_component_restarts_total"
     assert sample_value(metrics.restarts, restarts, program="receiver") == 2
+
+
+def test_the_event_listener_protocol_by_hand_reads_one_event_and_answers() -> None:
+    # Given supervisord's header line and a payload with its own header line
+    payload = b"processname:committer groupname:committer from_state:RUNNING expected:0 pid:7\n"
+    stdin = io.BytesIO(
+        b"ver:3.0 server:supervisor serial:21 pool:listener poolserial:10 "
+        b"eventname:PROCESS_STATE_EXITED len:%d\n" % len(payload) + payload + b"ver:3.0 len:0\n"
+    )
+    stdout = io.BytesIO()
+    # When the listener waits for it and acknowledges it
+    headers, body = wait_event(stdin, stdout)
+    acknowledge(stdout)
+    # Then it said READY first, read exactly `len` bytes, and answered RESULT 2 OK
+    assert stdout.getvalue() == b"READY\nRESULT 2\nOK"
+    assert headers["eventname"] == "PROCESS_STATE_EXITED" and headers["serial"] == "21"
+    assert tokens(body.split("\n", 1)[0])["processname"] == "committer"
+    assert wait_event(stdin, stdout) == ({"ver": "3.0", "len": "0"}, "")
+    with pytest.raises(EOFError):
+        wait_event(stdin, stdout)
