@@ -134,6 +134,7 @@ class PartPool:
         self._spares: collections.deque[tuple[int, Path]] = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._making = 0  # spares being created now, by connection threads
 
     def take(self) -> tuple[int, Path]:
         """A locked empty part (fd, path); creates one now if none is spare."""
@@ -143,15 +144,27 @@ class PartPool:
             return create_locked_part(self.depot_dir, self.file_mode, self._chmod)
 
     def refill(self) -> None:
-        """Top the pool up to its size; a failure is left for take() to report."""
-        while len(self._spares) < self.size and not self._closed:
+        """Top the pool up to its size; a failure is left for take() to report.
+
+        Several connection threads refill at once: each reserves its slot
+        under the lock before making the file, so the pool never holds more
+        than its size (a power-loss test once found five spares of four).
+        """
+        while True:
+            with self._lock:
+                if self._closed or len(self._spares) + self._making >= self.size:
+                    return
+                self._making += 1
             try:
                 spare = create_locked_part(self.depot_dir, self.file_mode, self._chmod)
             except OSError as exc:
+                with self._lock:
+                    self._making -= 1
                 # Full disk or no permission: take() will report it per C-STORE.
                 log.debug("cannot pre-create a part file: %s", exc)
                 return
             with self._lock:
+                self._making -= 1
                 if self._closed:
                     _drop(spare)
                     return

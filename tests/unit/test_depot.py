@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +206,30 @@ def test_a_part_has_exactly_the_file_mode_and_fchmod_only_where_the_umask_strips
     finally:
         os.close(fd)
         pool.close()
+
+
+def test_threads_refilling_at_once_never_overfill_the_pool(
+    tmp_path: Path, arrival: Arrival
+) -> None:
+    depot = tmp_path / "depot"
+    depot.mkdir()
+    pool = PartPool(depot, 0o640, arrival, size=4)
+    start = threading.Barrier(8)
+
+    def refill() -> None:
+        start.wait()
+        pool.refill()
+
+    for _ in range(20):
+        threads = [threading.Thread(target=refill) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(os.listdir(depot)) == 4
+        for _ in range(3):  # three stores take their parts
+            fd, path = pool.take()
+            os.close(fd)
+            os.unlink(path)
+    pool.close()
+    assert os.listdir(depot) == []
