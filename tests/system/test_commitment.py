@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from support import dicomfiles as df
 from support.modality import Modality, ReceivedReport, action_information, free_port
 from support.scu import echoscu, pynetdicom_store
-from support.service import Service, poll_for, short_tempdir
+from support.service import Service, poll_for, running_service, short_tempdir
 
 NO_SUCH_OBJECT = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
@@ -87,21 +87,13 @@ def modality() -> Iterator[Modality]:
 
 @pytest.fixture(scope="module")
 def service(modality: Modality) -> Iterator[Service]:
-    root = short_tempdir("sc")
-    svc = Service(
-        root,
+    with running_service(
         receivers=1,
         commitment_retry_s=0.2,
         commitment_retry_max_s=1.0,
         remote_ae=[remote(modality.port)],
-    )
-    try:
-        yield svc.start()
-    finally:
-        try:
-            svc.stop()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    ) as svc:
+        yield svc
 
 
 def tx(name: str) -> str:
