@@ -358,18 +358,23 @@ def test_logs_follow_under_a_burst_never_repeats_and_says_when_it_missed_lines(
     svc = service_factory(log_max_bytes=4096).start()
     out_path, err_path = short_tmp / "burst.out", short_tmp / "burst.err"
     follower = start_follower(svc, out_path, err_path)
+    echo_released = b"state=released calling_ae=ECHOSCU"
+    echoes = out_path.read_bytes().count(echo_released)
     files = make_images(short_tmp, 120, first_seed=3500)
     try:
         assert storescu(svc.port, list(files.values()), calling_ae="BURST").returncode == 0
         svc.wait_stored(files)
+        # The committer's WRITEs may reach the log after the receiver's release:
+        # wait for the last one (commits keep arrival order), then for one line
+        # after them all (an echo) to be printed: by then the follower has
+        # printed, or said it missed, the whole burst.
+        last = list(files)[-1]
+        poll_for(lambda: svc.events("WRITE", sop_instance_uid=last), 60, "the last WRITE")
+        assert echoscu(svc.port).returncode == 0
         poll_for(
-            lambda: svc.events("ASSOCIATION", state="released", calling_ae="BURST"),
+            lambda: out_path.read_bytes().count(echo_released) > echoes,
             30,
-            "the burst's release in the log",
-        )
-        poll_for(lambda: b"calling_ae=BURST" in out_path.read_bytes(), 30, "the follower")
-        poll_for(
-            lambda: b"state=released calling_ae=BURST" in out_path.read_bytes(), 30, "the release"
+            "the follower to print the echo after the burst",
         )
     finally:
         stop_follower(follower)
