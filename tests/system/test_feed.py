@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -191,21 +192,63 @@ def test_kill_9_of_the_committer_mid_load_loses_and_repeats_no_feed_message(
     svc.wait_event("ERROR", 30, count=3, proc="listener", program="committer", signal="SIGKILL")
 
 
+class RepeatingSender:
+    """storescu over the same files, run after run, until told to stop.
+
+    The load must outlast the consumer's absence however fast the machine
+    is (a fixed number of copies once ended before a fast CI runner's
+    consumer came back), so it runs until the test has seen what it needs.
+    """
+
+    def __init__(self, port: int, files: list[Path]) -> None:
+        self.args = ["storescu", "-aec", "STORSCP", "127.0.0.1", str(port), *map(str, files)]
+        self.runs = 0
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> RepeatingSender:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._proc = subprocess.Popen(
+                self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=DCMTK_ENV
+            )
+            out, _ = self._proc.communicate()
+            if self._proc.returncode != 0:
+                self.failure = out.decode(errors="replace")[-2000:]
+                return
+            self.runs += 1
+
+    def sending(self) -> bool:
+        return self._thread.is_alive() and self.failure is None
+
+    def finish(self, timeout: float) -> int:
+        """Let the current run end normally; how many complete runs there were."""
+        self._stop.set()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the last run did not end"
+        assert self.failure is None, self.failure
+        return self.runs
+
+    def kill(self) -> None:
+        self._stop.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._thread.join(30)
+
+
 @pytest.mark.parametrize("away_s", [pytest.param(30, marks=pytest.mark.slow), 2])
 def test_a_consumer_away_under_load_gets_everything_it_missed(
     service_factory: type[Service], three_studies: list[list[Path]], away_s: float
 ) -> None:
     svc = service_factory(study_quiet_s=0).start()
-    repeat = 2 + int(away_s) // 3
     consumer = consumer_for(svc, page_size=10).start()
-    sender = subprocess.Popen(
-        ["storescu", "-aec", "STORSCP", "127.0.0.1", str(svc.port)]
-        # The same files again and again: a load that outlasts the absence
-        + [str(p) for batch in three_studies for p in batch] * repeat,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**DCMTK_ENV},
-    )
+    files = [p for batch in three_studies for p in batch]
+    sender = RepeatingSender(svc.port, files).start()
     try:
         poll_for(lambda: len(consumer.received) >= 50, 60, "the first 50 messages")
         consumer.stop()
@@ -214,14 +257,12 @@ def test_a_consumer_away_under_load_gets_everything_it_missed(
         assert left_at < len(list(svc.storage_dir.glob("*.dcm"))), "nothing was missed"
         consumer.start()
         # It comes back into a running load: live messages arrive while it replays
-        assert sender.poll() is None, "the load ended while the consumer was away"
-        out, _ = sender.communicate(timeout=300)
-        assert sender.returncode == 0, out.decode(errors="replace")[-2000:]
+        assert sender.sending(), sender.failure
+        poll_for(lambda: consumer.last > left_at + 50, 60, "messages after the return")
+        runs = sender.finish(300)
     finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
-    total = SENDERS * PER_SENDER * repeat  # a copy sent again is committed again
+        sender.kill()
+    total = len(files) * runs  # a copy sent again is committed again
     poll_for(lambda: len(consumer.instances()) >= total, 60, "all instances")
     consumer.stop()
     assert not consumer.errors, consumer.errors
