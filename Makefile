@@ -61,7 +61,7 @@ bench-commitment:
 	scripts/bootstrap.sh --test
 	$(BIN)/python -m bench.commitment
 
-# The receiver fuzz test for longer than the 60 s that `make test` gives it:
+# The receiver fuzz test for longer than the 30 s that `make test` gives it:
 # STORSCP_FUZZ_SECONDS (default 1200) of hostile input, then the inputs survived.
 fuzz:
 	scripts/bootstrap.sh --test

@@ -18,7 +18,7 @@ succeeds and its file is committed.
 
 The budget: hypothesis has no wall-clock limit, so the test runs it in
 rounds of ROUND_EXAMPLES examples, each a fresh run with a new seed, until
-STORSCP_FUZZ_SECONDS (default 60, what `make test` runs) have passed; the
+STORSCP_FUZZ_SECONDS (default 30, what `make test` runs) have passed; the
 last round may overrun by one example. Examples that the last round still
 generates after the deadline return at once and are not counted, unless a
 failure was seen: then the deadline is ignored so that shrinking replays
@@ -47,7 +47,7 @@ from support.fuzzing import GOOD_RQ, Attack, attacks
 from support.rawscu import EXPLICIT_LE, VERIFICATION, RawAssociation, minimal_dataset
 from support.service import Service, poll_for, short_tempdir
 
-DEFAULT_FUZZ_SECONDS = 60.0
+DEFAULT_FUZZ_SECONDS = 30.0
 ROUND_EXAMPLES = 200
 # How long to wait for replies when we did not half-close (the receiver may be
 # waiting for the rest of a PDU); with a half-close we read to EOF.
