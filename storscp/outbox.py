@@ -49,6 +49,8 @@ BATCH = 500
 STDERR_INTERVAL_S = 10.0
 
 _STOP = object()
+_SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_SEND_LAST = int(zmq.NOBLOCK)
 
 
 class Outbox:
@@ -249,7 +251,12 @@ class Outbox:
     ) -> None:
         """Send on a PUSH socket; call with `_push_lock` held."""
         try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            # Frame by frame with plain int flags: send_multipart ORs enum.Flag
+            # members in Python for each frame. ZeroMQ checks the high-water mark
+            # on the first frame only, so a message goes whole or not at all.
+            for frame in frames[:-1]:
+                sock.send(frame, _SEND_MORE)
+            sock.send(frames[-1], _SEND_LAST)
         except zmq.Again:
             self.push_dropped += 1
             self._dropped_metric.labels(self.proc, route).inc()
