@@ -37,12 +37,11 @@ def file_meta_bytes(
     instance on the hot path; tests check both agree.
     """
     elements = [
-        _long(0x0001, b"OB", b"\x00\x01"),
+        _VERSION_ELEMENT,
         _short(0x0002, b"UI", _pad(sop_class_uid, b"\x00")),
         _short(0x0003, b"UI", _pad(sop_instance_uid, b"\x00")),
         _short(0x0010, b"UI", _pad(transfer_syntax_uid, b"\x00")),
-        _short(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _short(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+        _IMPLEMENTATION_ELEMENTS,
     ]
     if source_ae:
         elements.append(_short(0x0016, b"AE", _pad(source_ae[:16], b" ")))
@@ -67,6 +66,16 @@ def _long(element: int, vr: bytes, value: bytes) -> bytes:
         + struct.pack("<L", len(value))
         + value
     )
+
+
+# The same in every file: encoded once.
+_VERSION_ELEMENT = _long(0x0001, b"OB", b"\x00\x01")
+_IMPLEMENTATION_ELEMENTS = b"".join(
+    (
+        _short(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        _short(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+    )
+)
 
 
 def create_locked_part(
