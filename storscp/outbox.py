@@ -216,8 +216,9 @@ class Outbox:
     def _handle(self, item: tuple[str, bus.Message]) -> None:
         """One message; whatever goes wrong with it is counted and reported, never fatal.
 
-        Only the logger's events and messages for routes without a socket
-        (unknown, or posted while the sockets were closing) come this way.
+        Only the logger's events and messages posted before the route's
+        socket existed (sent now if it does) or for an unknown route come
+        this way.
         """
         route, msg = item
         try:
@@ -225,7 +226,7 @@ class Outbox:
                 if not isinstance(msg, bus.Event):
                     raise TypeError(f"only events go to the logger, not {type(msg).__name__}")
                 self._stream.add(msg)
-            else:
+            elif not self._send_now(route, msg):
                 raise KeyError(route)
         except Exception as exc:
             self._report(**self._failed(route, msg, exc))

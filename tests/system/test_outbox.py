@@ -152,3 +152,27 @@ def test_a_push_message_that_fails_is_counted_and_reported_and_the_next_arrives(
     (error,) = logger.lines("ERROR", proc="probe", what="outbox dropped a message")
     assert (error["kind"], error["route"]) == ("InstanceStored", "committer")
     assert "AttributeError" in error["reason"]
+
+
+def test_a_push_message_posted_before_the_sockets_exist_is_sent_once_they_do(
+    logger: LoneLogger, tmp_path: Any
+) -> None:
+    # Given an outbox not yet started (its thread makes the sockets)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    address = f"ipc://{tmp_path}/committer.sock"
+    pull.bind(address)
+    box = Outbox("probe", {"logger": logger.endpoint, "committer": address})
+    stored = bus.InstanceStored("t_1.2.ready", "1.2", "1.2.3", "1.2.840.10008.1.2.1", 10, "AE")
+    try:
+        # When a message for the committer is posted first, then the outbox starts
+        box.post("committer", stored)
+        box.start()
+        # Then the thread sends it on the socket it made: queued, not dropped
+        assert pull.poll(30_000), "the early message never arrived"
+        assert bus.decode(pull.recv_multipart()) == stored
+    finally:
+        box.close()
+        pull.close()
+        context.term()
+    assert box.failed == 0 and box.dropped == 0
