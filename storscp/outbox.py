@@ -7,6 +7,13 @@ numbered events, held until the logger has written them, resent after it
 restarts) and PUSH sockets for the others (the committer's doorbell, where
 the depot is the queue and a dropped message costs latency only).
 
+Messages for a PUSH route do not wait for that thread: `post()` encodes
+and sends them at once on the route's socket, under a lock (ZeroMQ allows a
+socket to move between threads behind a full memory barrier). Waking the
+thread for each InstanceStored cost the receiver two thread switches and a
+GIL hand-over per instance. Events still go through the thread, which
+holds them until the logger acknowledges them.
+
 The thread cannot die silently. Each message is handled on its own: one
 that fails (a value JSON cannot encode, an unknown route) is dropped,
 counted, logged with its traceback and reported as an ERROR event. The
@@ -42,6 +49,8 @@ BATCH = 500
 STDERR_INTERVAL_S = 10.0
 
 _STOP = object()
+_SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_SEND_LAST = int(zmq.NOBLOCK)
 
 
 class Outbox:
@@ -65,6 +74,9 @@ class Outbox:
         self._ready = threading.Event()
         self._stream: EventStream | None = None
         self._lock = threading.Lock()  # only for the counters of refused posts
+        # The PUSH sockets, made by the thread, used by any thread under this lock.
+        self._push_lock = threading.Lock()
+        self._push_sockets: dict[str, zmq.Socket[bytes]] = {}
         self.refused = 0  # posts dropped because the queue was full
         self._refused_reported = 0
         self._next_stderr = 0.0
@@ -93,7 +105,9 @@ class Outbox:
         self._ready.wait(5.0)
 
     def post(self, route: str, msg: bus.Message) -> None:
-        """Queue `msg` for `route`; returns at once whatever the peer's state."""
+        """Send or queue `msg` for `route`; returns at once whatever the peer's state."""
+        if route != LOGGER_ROUTE and self._send_now(route, msg):
+            return
         if self._queue.qsize() >= MAX_QUEUED:
             self._refuse(route, msg)
             return
@@ -108,6 +122,22 @@ class Outbox:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout_s)
+
+    def _send_now(self, route: str, msg: bus.Message) -> bool:
+        """Push `msg` on this thread; False if the route has no open socket (queue it)."""
+        with self._push_lock:
+            sock = self._push_sockets.get(route)
+            if sock is None:
+                return False
+            try:
+                frames = bus.encode(msg)
+            except Exception as exc:
+                fields = self._failed(route, msg, exc)
+                if LOGGER_ROUTE in self._endpoints:
+                    self.event(bus.EventType.ERROR, **fields)
+                return True
+            self._push(sock, route, msg, frames)
+        return True
 
     def _refuse(self, route: str, msg: bus.Message) -> None:
         self._dropped_metric.labels(self.proc, "outbox").inc()
@@ -138,8 +168,10 @@ class Outbox:
                 sock.setsockopt(zmq.LINGER, self._linger_ms)
                 sock.connect(address)
                 sockets[route] = sock
+            with self._push_lock:
+                self._push_sockets.update(sockets)
             self._ready.set()
-            self._serve(sockets)
+            self._serve()
         except Exception as exc:  # not one message's fault: say so, post() stays bounded
             self.failure = repr(exc)
             log.exception("the outbox thread of %s ended", self.proc)
@@ -148,11 +180,13 @@ class Outbox:
             if self._stream is not None:
                 self.unacknowledged = self._stream.held
                 self._stream.close()
-            for sock in sockets.values():
-                sock.close()
+            with self._push_lock:
+                self._push_sockets.clear()
+                for sock in sockets.values():
+                    sock.close()
             context.term()
 
-    def _serve(self, sockets: dict[str, zmq.Socket[bytes]]) -> None:
+    def _serve(self) -> None:
         stream = self._stream
         while True:
             timeout = None if stream is None or stream.idle else POLL_S
@@ -165,7 +199,7 @@ class Outbox:
                 if item is _STOP:
                     self._finish()
                     return
-                self._handle(sockets, cast(tuple[str, bus.Message], item))
+                self._handle(cast(tuple[str, bus.Message], item))
                 handled += 1
                 if handled >= BATCH or self._queue.empty():
                     break  # the rest after the sockets' turn, in order
@@ -179,30 +213,51 @@ class Outbox:
                     )
                     self._stream_drops_counted = stream.dropped
 
-    def _handle(self, sockets: dict[str, zmq.Socket[bytes]], item: tuple[str, bus.Message]) -> None:
-        """One message; whatever goes wrong with it is counted and reported, never fatal."""
+    def _handle(self, item: tuple[str, bus.Message]) -> None:
+        """One message; whatever goes wrong with it is counted and reported, never fatal.
+
+        Only the logger's events and messages posted before the route's
+        socket existed (sent now if it does) or for an unknown route come
+        this way.
+        """
         route, msg = item
         try:
             if route == LOGGER_ROUTE and self._stream is not None:
                 if not isinstance(msg, bus.Event):
                     raise TypeError(f"only events go to the logger, not {type(msg).__name__}")
                 self._stream.add(msg)
-            else:
-                self._push(sockets[route], route, msg)
+            elif not self._send_now(route, msg):
+                raise KeyError(route)
         except Exception as exc:
-            self.failed += 1
-            log.exception("outbox of %s dropped %s for %s", self.proc, type(msg).__name__, route)
-            self._report(
-                what="outbox dropped a message",
-                kind=type(msg).__name__,
-                route=route,
-                reason=repr(exc)[:200],
-                failed=self.failed,
-            )
+            self._report(**self._failed(route, msg, exc))
 
-    def _push(self, sock: zmq.Socket[bytes], route: str, msg: bus.Message) -> None:
+    def _failed(self, route: str, msg: bus.Message, exc: Exception) -> dict[str, bus.FieldValue]:
+        """Count and log a dropped message; the fields of its ERROR event."""
+        with self._lock:
+            self.failed += 1
+            failed = self.failed
+        log.error(
+            "outbox of %s dropped %s for %s", self.proc, type(msg).__name__, route, exc_info=exc
+        )
+        return {
+            "what": "outbox dropped a message",
+            "kind": type(msg).__name__,
+            "route": route,
+            "reason": repr(exc)[:200],
+            "failed": failed,
+        }
+
+    def _push(
+        self, sock: zmq.Socket[bytes], route: str, msg: bus.Message, frames: list[bytes]
+    ) -> None:
+        """Send on a PUSH socket; call with `_push_lock` held."""
         try:
-            sock.send_multipart(bus.encode(msg), flags=zmq.NOBLOCK)
+            # Frame by frame with plain int flags: send_multipart ORs enum.Flag
+            # members in Python for each frame. ZeroMQ checks the high-water mark
+            # on the first frame only, so a message goes whole or not at all.
+            for frame in frames[:-1]:
+                sock.send(frame, _SEND_MORE)
+            sock.send(frames[-1], _SEND_LAST)
         except zmq.Again:
             self.push_dropped += 1
             self._dropped_metric.labels(self.proc, route).inc()

@@ -52,8 +52,13 @@ def is_valid_uid(value: str) -> bool:
 
 def storage_path(storage_dir: Path, uid: str, extension: str) -> Path:
     """The final file of `uid`, proven to lie directly in `storage_dir`."""
+    return Path(storage_file(os.fspath(storage_dir), uid, extension))
+
+
+def storage_file(storage_dir: str, uid: str, extension: str) -> str:
+    """`storage_path` as a plain string (the committer's per-instance path)."""
     uid = check_uid(uid)
-    path = storage_dir / f"{uid}{extension}"
+    path = os.path.join(storage_dir, f"{uid}{extension}")
     # Defence in depth: the regex already excludes '/', '..' and NUL.
     if os.path.dirname(os.path.normpath(path)) != os.path.normpath(storage_dir):
         raise UIDError(f"UID {uid!r} would leave the storage directory")

@@ -39,7 +39,7 @@ from storscp.config import Config
 from storscp.history import History, Pending
 from storscp.outbox import Outbox
 from storscp.repeats import Repeats, still_failing_fields
-from storscp.uids import UIDError, storage_path, study_path
+from storscp.uids import UIDError, storage_file, study_path
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class Committer:
         self.studies = studies
         self.depot_dir = config.depot_dir
         self.storage_dir = config.storage_dir
+        # Per-instance paths are plain strings: pathlib was a sixth of our Python time.
+        self._depot = os.fspath(self.depot_dir) + os.sep
+        self._storage = os.fspath(self.storage_dir)
         self.storage_fd = os.open(self.storage_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._known_dirs: set[Path] = {self.storage_dir}
         # Ready files seen in the depot before their InstanceStored: name -> first seen.
@@ -174,17 +177,17 @@ class Committer:
 
     def _plan_one(self, name: str, info: bus.InstanceStored | None) -> Pending | None:
         """Where a ready file goes, or None if it was set aside (with an ERROR)."""
-        src = self.depot_dir / name
+        src = self._depot + name
         uid = depotfiles.uid_of_ready(name)
         try:
             if uid is None:
                 raise UIDError(f"{name} is not a ready file name")
             ready_ctime = os.stat(src).st_ctime
             if info is None or info.depot_name != name:
-                info = describe(src, name, uid)
+                info = describe(Path(src), name, uid)
             dst = self._destination(uid, info)
         except UIDError as exc:
-            self._set_aside(src, QUARANTINE_SUFFIX, "depot file quarantined", str(exc))
+            self._set_aside(Path(src), QUARANTINE_SUFFIX, "depot file quarantined", str(exc))
             return None
         except FileNotFoundError:
             return None  # gone since the listing
@@ -198,14 +201,14 @@ class Committer:
         if newest is not None and _later(newest, token):
             # A newer copy of this UID is stored already: this one must not overwrite it.
             self._set_aside(
-                src,
+                Path(src),
                 SUPERSEDED_SUFFIX,
                 "older copy set aside",
                 f"a copy of {uid} that arrived later (token {newest}) is already stored",
             )
             return None
         fields = {
-            "path": str(dst),
+            "path": dst,
             "sop_class_uid": info.sop_class_uid,
             "sop_instance_uid": uid,
             "study_instance_uid": info.study_instance_uid,
@@ -217,18 +220,18 @@ class Committer:
             "replaced": replaced,
         }
         self._ready_ctime[name] = ready_ctime
-        return Pending(name, token, str(dst), fields)
+        return Pending(name, token, dst, fields)
 
-    def _destination(self, uid: str, info: bus.InstanceStored) -> Path:
+    def _destination(self, uid: str, info: bus.InstanceStored) -> str:
         """The final path; with layout = "study" its directories exist durably."""
         ext = self.config.extension
         if self.config.layout != "study":
-            return storage_path(self.storage_dir, uid, ext)
+            return storage_file(self._storage, uid, ext)
         dst = study_path(
             self.storage_dir, uid, ext, info.study_instance_uid, info.series_instance_uid
         )
         self._make_dirs(dst.parent)
-        return dst
+        return str(dst)
 
     def _make_dirs(self, series_dir: Path) -> None:
         """Create `<Study>/<Series>/`, fsyncing each parent that got a new entry."""
@@ -299,15 +302,16 @@ class Committer:
         return self.history.append(done, self.studies.take_dirty_rows(), durable=durable)
 
     def _rename(self, plan: Pending) -> None:
-        src, dst = self.depot_dir / plan.ready_name, Path(plan.destination)
+        src, dst = self._depot + plan.ready_name, plan.destination
         try:
             os.replace(src, dst)
         except FileNotFoundError:
-            if self.config.layout != "study" or not src.exists():
+            if self.config.layout != "study" or not os.path.exists(src):
                 raise
             # The study or series directory was removed since we made it: make it again.
-            self._known_dirs.discard(dst.parent)
-            self._make_dirs(dst.parent)
+            series_dir = Path(dst).parent
+            self._known_dirs.discard(series_dir)
+            self._make_dirs(series_dir)
             os.replace(src, dst)
 
     # -- setting aside ------------------------------------------------------------
@@ -350,15 +354,16 @@ def _key(token: str) -> tuple[int, int]:
 
 def fsync_destinations(done: list[Pending], storage_dir: Path, storage_fd: int) -> None:
     """fsync every directory that received a rename (the storage directory by its open fd)."""
-    dirs = {Path(plan.destination).parent for plan in done}
+    dirs = {os.path.dirname(plan.destination) for plan in done}
+    storage = os.fspath(storage_dir)
     for directory in sorted(dirs):
-        if directory == storage_dir:
+        if directory == storage:
             os.fsync(storage_fd)
         else:
             _fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

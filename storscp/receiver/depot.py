@@ -37,12 +37,11 @@ def file_meta_bytes(
     instance on the hot path; tests check both agree.
     """
     elements = [
-        _long(0x0001, b"OB", b"\x00\x01"),
+        _VERSION_ELEMENT,
         _short(0x0002, b"UI", _pad(sop_class_uid, b"\x00")),
         _short(0x0003, b"UI", _pad(sop_instance_uid, b"\x00")),
         _short(0x0010, b"UI", _pad(transfer_syntax_uid, b"\x00")),
-        _short(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _short(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+        _IMPLEMENTATION_ELEMENTS,
     ]
     if source_ae:
         elements.append(_short(0x0016, b"AE", _pad(source_ae[:16], b" ")))
@@ -69,13 +68,26 @@ def _long(element: int, vr: bytes, value: bytes) -> bytes:
     )
 
 
-def create_locked_part(depot_dir: Path, file_mode: int, chmod: bool = True) -> tuple[int, Path]:
+# The same in every file: encoded once.
+_VERSION_ELEMENT = _long(0x0001, b"OB", b"\x00\x01")
+_IMPLEMENTATION_ELEMENTS = b"".join(
+    (
+        _short(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        _short(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+    )
+)
+
+
+def create_locked_part(
+    depot_dir: str | Path, file_mode: int, chmod: bool = True
+) -> tuple[int, str]:
     """A new empty `*.part` file, exclusively flocked; returns (fd, path).
 
     `chmod=False` when the caller knows the umask leaves `file_mode` whole
-    (`umask_keeps`): one syscall less per instance.
+    (`umask_keeps`): one syscall less per instance. Paths on this per-instance
+    path are plain strings: pathlib's joins were a tenth of the receiver's time.
     """
-    path = depot_dir / depotfiles.part_name(depotfiles.unique_name())
+    path = f"{os.fspath(depot_dir)}/{depotfiles.part_name(depotfiles.unique_name())}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     fd = os.open(path, flags, file_mode)
     try:
@@ -131,17 +143,18 @@ class PartPool:
         self.arrival = arrival
         self.size = size
         self._chmod = not umask_keeps(file_mode)
-        self._spares: collections.deque[tuple[int, Path]] = collections.deque()
+        self._depot = os.fspath(depot_dir)
+        self._spares: collections.deque[tuple[int, str]] = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
         self._making = 0  # spares being created now, by connection threads
 
-    def take(self) -> tuple[int, Path]:
+    def take(self) -> tuple[int, str]:
         """A locked empty part (fd, path); creates one now if none is spare."""
         try:
             return self._spares.popleft()
         except IndexError:
-            return create_locked_part(self.depot_dir, self.file_mode, self._chmod)
+            return create_locked_part(self._depot, self.file_mode, self._chmod)
 
     def refill(self) -> None:
         """Top the pool up to its size; a failure is left for take() to report.
@@ -156,7 +169,7 @@ class PartPool:
                     return
                 self._making += 1
             try:
-                spare = create_locked_part(self.depot_dir, self.file_mode, self._chmod)
+                spare = create_locked_part(self._depot, self.file_mode, self._chmod)
             except OSError as exc:
                 with self._lock:
                     self._making -= 1
@@ -177,7 +190,7 @@ class PartPool:
             _drop(self._spares.popleft())
 
 
-def _drop(spare: tuple[int, Path]) -> None:
+def _drop(spare: tuple[int, str]) -> None:
     os.close(spare[0])
     _unlink_quietly(spare[1])
 
@@ -185,7 +198,7 @@ def _drop(spare: tuple[int, Path]) -> None:
 class PartFile:
     """One instance being received into `<depot>/<token>.part`."""
 
-    def __init__(self, fd: int, path: Path, meta: bytes, arrival: Arrival) -> None:
+    def __init__(self, fd: int, path: str, meta: bytes, arrival: Arrival) -> None:
         self.path = path
         self._fd = fd
         self._arrival = arrival
@@ -240,7 +253,7 @@ class PartFile:
         # Token and rename under one lock: token order is the order files appear in.
         with self._arrival.ordered():
             name = depotfiles.ready_name(self._arrival.take(), uid)
-            ready = self.path.with_name(name)
+            ready = self.path[: self.path.rindex("/") + 1] + name
             os.rename(self.path, ready)
         try:
             os.fsync(depot_dir_fd)
@@ -252,7 +265,7 @@ class PartFile:
         self.close()
         return name
 
-    def _take_back(self, ready: Path) -> None:
+    def _take_back(self, ready: str) -> None:
         """Undo the rename to the ready name: the rename is not durable, so the SCU
         is told the store failed, and the committer must not publish it.
 
@@ -282,7 +295,7 @@ class PartFile:
             _unlink_quietly(self.path)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str) -> None:
     """Remove a part; if the filesystem refuses (read-only), the committer's sweep will."""
     try:
         os.unlink(path)

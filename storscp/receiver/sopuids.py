@@ -295,7 +295,7 @@ class ReadBudget:
         return self._fh.tell()
 
 
-def from_file(path: Path, offset: int, transfer_syntax_uid: str) -> DatasetIds:
+def from_file(path: str | Path, offset: int, transfer_syntax_uid: str) -> DatasetIds:
     """Read the identifiers from the dataset at `offset` of `path`.
 
     Only the head of the dataset is parsed: large top-level values are skipped

@@ -7,12 +7,14 @@ and no event ever arrived again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+import zmq
 
 from storscp import bus, eventstream, outbox
 from storscp.outbox import Outbox
@@ -115,3 +117,62 @@ def test_events_that_died_with_a_killed_logger_go_to_the_next_one(
     finally:
         box.close(timeout_s=60)
     assert [int(p["n"]) for p in logger.lines("WRITE", proc="probe")] == list(range(51))
+
+
+def test_a_push_message_that_fails_is_counted_and_reported_and_the_next_arrives(
+    logger: LoneLogger, tmp_path: Any
+) -> None:
+    # Given an outbox with a PUSH route to a real PULL socket: its messages
+    # are sent by the posting thread itself, not by the outbox thread
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    address = f"ipc://{tmp_path}/committer.sock"
+    pull.bind(address)
+    box = Outbox("probe", {"logger": logger.endpoint, "committer": address})
+    box.start()
+    stored = bus.InstanceStored("t_1.2.ready", "1.2", "1.2.3", "1.2.840.10008.1.2.1", 10, "AE")
+    try:
+        # When one cannot be encoded (a UID that is not a string) and a good one follows
+        box.post("committer", dataclasses.replace(stored, sop_instance_uid=cast(Any, 5)))
+        box.post("committer", stored)
+        # Then the good one arrives, whole
+        assert pull.poll(30_000)
+        assert bus.decode(pull.recv_multipart()) == stored
+        # And the failure was counted and reported, with what was dropped
+        poll_for(
+            lambda: logger.lines("ERROR", proc="probe", what="outbox dropped a message"),
+            30,
+            "the ERROR event of the dropped message",
+        )
+    finally:
+        box.close()
+        pull.close()
+        context.term()
+    assert box.failed == 1 and box.dropped == 1
+    (error,) = logger.lines("ERROR", proc="probe", what="outbox dropped a message")
+    assert (error["kind"], error["route"]) == ("InstanceStored", "committer")
+    assert "AttributeError" in error["reason"]
+
+
+def test_a_push_message_posted_before_the_sockets_exist_is_sent_once_they_do(
+    logger: LoneLogger, tmp_path: Any
+) -> None:
+    # Given an outbox not yet started (its thread makes the sockets)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    address = f"ipc://{tmp_path}/committer.sock"
+    pull.bind(address)
+    box = Outbox("probe", {"logger": logger.endpoint, "committer": address})
+    stored = bus.InstanceStored("t_1.2.ready", "1.2", "1.2.3", "1.2.840.10008.1.2.1", 10, "AE")
+    try:
+        # When a message for the committer is posted first, then the outbox starts
+        box.post("committer", stored)
+        box.start()
+        # Then the thread sends it on the socket it made: queued, not dropped
+        assert pull.poll(30_000), "the early message never arrived"
+        assert bus.decode(pull.recv_multipart()) == stored
+    finally:
+        box.close()
+        pull.close()
+        context.term()
+    assert box.failed == 0 and box.dropped == 0
