@@ -52,7 +52,8 @@ def tree_pids(root: int) -> list[int]:
     return found
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after comm; `pid` may be "<pid>/task/<tid>"."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             text = fh.read()

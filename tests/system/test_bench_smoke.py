@@ -66,6 +66,27 @@ def test_bench_runs_tiny_scenarios_verifies_and_reports(short_tmp: Path) -> None
     assert (work / "results.json").exists()
 
 
+def test_bench_assoc_splits_the_cpu_of_an_association(short_tmp: Path) -> None:
+    # Given storscp and a few tiny files, one association each
+    argv = [
+        sys.executable, "-m", "bench.assoc", "--rounds", "1", "--count", "8",
+        "--work-dir", str(short_tmp / "w"),
+    ]  # fmt: skip
+    # When bench.assoc runs
+    done = _run_harness(argv)
+    # Then it reports each part's CPU per association, the clients' too
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {
+        line.split("  ")[1].strip(): float(line.split()[-2])
+        for line in done.stdout.splitlines()
+        if line.startswith("  ") and line.rstrip().endswith(")")
+    }
+    parts = ("receiver", "receiver: connection threads", "logger", "committer", "storscp total")
+    for part in parts:
+        assert part in rows, done.stdout
+    assert rows["storscp total"] > 0 and rows["clients (sh + storescu)"] > 0, done.stdout
+
+
 def test_verify_catches_missing_extra_and_changed_instances(short_tmp: Path) -> None:
     # Given a server directory holding a correct copy of each of 3 instances
     workload = data.load_or_make(short_tmp / "data", "tiny", 3)
