@@ -227,7 +227,6 @@ class Ack:
     KIND = b"ack"
 
 
-
 @dataclass(frozen=True, slots=True)
 class ReportOffered:
     """Commitment -> the receiver holding the association that asked: send this report.
@@ -263,7 +262,6 @@ class ReportOutcome:
     reason: str = ""
 
     KIND = b"sc-outcome"
-
 
 
 # -- the feed: committer (live, PUB) and feed process (replay) -> consumers ------------

@@ -699,6 +699,7 @@ def _endpoint_problem(endpoint: str) -> str:
         return f"port must be 1-65535, got {endpoint!r}"
     return ""
 
+
 def parse_address(text: str) -> tuple[str, int]:
     """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); ValueError if it is neither."""
     host, sep, port_text = text.rpartition(":")

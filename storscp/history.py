@@ -211,9 +211,7 @@ class History:
         try:
             with self.transaction():
                 self.conn.executemany("INSERT INTO feed VALUES (?, ?, ?, ?, ?, ?)", rows)
-                self.conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),)
-                )
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
                 self._write_studies(studies)
                 self.conn.execute("DELETE FROM pending")
         finally:
@@ -236,9 +234,7 @@ class History:
                 (seq, time.time(), bus.encode(msg)[1]),
             )
             self.conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
-            self.conn.execute(
-                "DELETE FROM open_study WHERE study_instance_uid = ?", (study_uid,)
-            )
+            self.conn.execute("DELETE FROM open_study WHERE study_instance_uid = ?", (study_uid,))
         self.last_seq = seq
         return msg
 

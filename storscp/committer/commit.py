@@ -369,4 +369,3 @@ def _fsync_dir(directory: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-

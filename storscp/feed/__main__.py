@@ -1,4 +1,5 @@
 """The feed process: replays the history of the stored-instance feed."""
+
 import sys
 
 from storscp.feed.main import main

@@ -167,9 +167,7 @@ def test_layout_study_puts_files_under_study_and_series(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("study", ["..", "1.2/../3", ""])
-def test_layout_study_quarantines_what_has_no_usable_study_uid(
-    tmp_path: Path, study: str
-) -> None:
+def test_layout_study_quarantines_what_has_no_usable_study_uid(tmp_path: Path, study: str) -> None:
     committer = make_committer(tmp_path, layout="study")
     path, uid = image(tmp_path, 31)
     name = put_ready(committer, path, uid)

@@ -25,10 +25,10 @@ def config(tmp_path: Path) -> Config:
     return made
 
 
-
 def ready_file(uid: str) -> str:
     """A ready name as a receiver makes it (the token's value does not matter here)."""
     return depotfiles.ready_name("000001.00000000000000000001", uid)
+
 
 def stored(config: Config, uid: str, sop_class: str = CT) -> Path:
     """A file as the receiver writes it: preamble, our meta, a dataset."""

@@ -43,9 +43,7 @@ def receive(
     return part, df.CT
 
 
-def test_part_is_locked_and_becomes_a_durable_ready_file(
-    tmp_path: Path, arrival: Arrival
-) -> None:
+def test_part_is_locked_and_becomes_a_durable_ready_file(tmp_path: Path, arrival: Arrival) -> None:
     src = tmp_path / "src.dcm"
     uid = df.make_image(src, df.CT, seed=1)
     depot = tmp_path / "depot"
@@ -157,9 +155,7 @@ def test_file_meta_matches_pydicoms_encoding(tmp_path: Path) -> None:
     assert read_file_meta_info(path).MediaStorageSOPInstanceUID == "1.2.3"
 
 
-def test_part_pool_hands_out_locked_parts_and_cleans_up(
-    tmp_path: Path, arrival: Arrival
-) -> None:
+def test_part_pool_hands_out_locked_parts_and_cleans_up(tmp_path: Path, arrival: Arrival) -> None:
     tmp_path = tmp_path / "depot"
     tmp_path.mkdir()
     pool = PartPool(tmp_path, 0o640, arrival, size=2)

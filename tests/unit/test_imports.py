@@ -37,4 +37,3 @@ def loaded(module: str) -> set[str]:
 @pytest.mark.parametrize("module", LIGHT_PROGRAMS)
 def test_a_program_that_only_counts_and_moves_files_loads_no_heavy_package(module: str) -> None:
     assert loaded(module) & set(HEAVY) == set()
-
