@@ -119,25 +119,36 @@ def test_events_that_died_with_a_killed_logger_go_to_the_next_one(
     assert [int(p["n"]) for p in logger.lines("WRITE", proc="probe")] == list(range(51))
 
 
-def test_a_push_message_that_fails_is_counted_and_reported_and_the_next_arrives(
-    logger: LoneLogger, tmp_path: Any
-) -> None:
-    # Given an outbox with a PUSH route to a real PULL socket: its messages
-    # are sent by the posting thread itself, not by the outbox thread
+STORED = bus.InstanceStored("t_1.2.ready", "1.2", "1.2.3", "1.2.840.10008.1.2.1", 10, "AE")
+
+
+@pytest.fixture
+def committer(tmp_path: Any) -> Iterator[tuple[str, zmq.Socket[bytes]]]:
+    """A real PULL socket standing in for the committer: (its address, the socket)."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     pull = context.socket(zmq.PULL)
     address = f"ipc://{tmp_path}/committer.sock"
     pull.bind(address)
+    yield address, pull
+    pull.close()
+    context.term()
+
+
+def test_a_push_message_that_fails_is_counted_and_reported_and_the_next_arrives(
+    logger: LoneLogger, committer: tuple[str, zmq.Socket[bytes]]
+) -> None:
+    # Given an outbox with a PUSH route to a real PULL socket: its messages
+    # are sent by the posting thread itself, not by the outbox thread
+    address, pull = committer
     box = Outbox("probe", {"logger": logger.endpoint, "committer": address})
     box.start()
-    stored = bus.InstanceStored("t_1.2.ready", "1.2", "1.2.3", "1.2.840.10008.1.2.1", 10, "AE")
     try:
         # When one cannot be encoded (a UID that is not a string) and a good one follows
-        box.post("committer", dataclasses.replace(stored, sop_instance_uid=cast(Any, 5)))
-        box.post("committer", stored)
+        box.post("committer", dataclasses.replace(STORED, sop_instance_uid=cast(Any, 5)))
+        box.post("committer", STORED)
         # Then the good one arrives, whole
         assert pull.poll(30_000)
-        assert bus.decode(pull.recv_multipart()) == stored
+        assert bus.decode(pull.recv_multipart()) == STORED
         # And the failure was counted and reported, with what was dropped
         poll_for(
             lambda: logger.lines("ERROR", proc="probe", what="outbox dropped a message"),
@@ -146,8 +157,6 @@ def test_a_push_message_that_fails_is_counted_and_reported_and_the_next_arrives(
         )
     finally:
         box.close()
-        pull.close()
-        context.term()
     assert box.failed == 1 and box.dropped == 1
     (error,) = logger.lines("ERROR", proc="probe", what="outbox dropped a message")
     assert (error["kind"], error["route"]) == ("InstanceStored", "committer")
@@ -155,24 +164,18 @@ def test_a_push_message_that_fails_is_counted_and_reported_and_the_next_arrives(
 
 
 def test_a_push_message_posted_before_the_sockets_exist_is_sent_once_they_do(
-    logger: LoneLogger, tmp_path: Any
+    logger: LoneLogger, committer: tuple[str, zmq.Socket[bytes]]
 ) -> None:
     # Given an outbox not yet started (its thread makes the sockets)
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    address = f"ipc://{tmp_path}/committer.sock"
-    pull.bind(address)
+    address, pull = committer
     box = Outbox("probe", {"logger": logger.endpoint, "committer": address})
-    stored = bus.InstanceStored("t_1.2.ready", "1.2", "1.2.3", "1.2.840.10008.1.2.1", 10, "AE")
     try:
         # When a message for the committer is posted first, then the outbox starts
-        box.post("committer", stored)
+        box.post("committer", STORED)
         box.start()
         # Then the thread sends it on the socket it made: queued, not dropped
         assert pull.poll(30_000), "the early message never arrived"
-        assert bus.decode(pull.recv_multipart()) == stored
+        assert bus.decode(pull.recv_multipart()) == STORED
     finally:
         box.close()
-        pull.close()
-        context.term()
     assert box.failed == 0 and box.dropped == 0
