@@ -13,27 +13,17 @@ import os
 import time
 from pathlib import Path
 
-from storscp import arrival
+from storscp import arrival, processid
 
 PART_SUFFIX = ".part"
 READY_SUFFIX = ".ready"
 
 _counter = itertools.count()
-# This process's id, read once (a syscall per part otherwise), again in a forked child.
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 def unique_name() -> str:
     """A name no other process or thread makes (order does not matter)."""
-    return f"{time.time_ns():019d}-{_pid}-{next(_counter)}"
+    return f"{time.time_ns():019d}-{processid.current()}-{next(_counter)}"
 
 
 def part_name(unique: str) -> str:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+from storscp import processid
 
 
 def _counting_half() -> ModuleType:
@@ -49,33 +50,17 @@ def _counting_half() -> ModuleType:
         del sys.modules["prometheus_client"]
 
 
-_pid = os.getpid()
-
-
-def _this_pid() -> int:
-    """The process id, read once and again in a forked child.
-
-    prometheus_client's multiprocess values ask for the pid at every
-    increment (to notice a fork): os.getpid() is a system call, two to
-    three per C-STORE, and the largest single item of the receiver's
-    Python time in a profile of tiny instances.
-    """
-    return _pid
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
 def _cached_pid_values() -> None:
-    """Multiprocess values that ask `_this_pid`, set before any metric exists."""
+    """Multiprocess values that ask `processid.current`, set before any metric exists.
+
+    prometheus_client asks for the pid at every increment (to notice a
+    fork): os.getpid() two to three times per C-STORE was the largest single
+    item of the receiver's Python time in a profile of tiny instances.
+    """
     values = sys.modules["prometheus_client.values"]
     if values.ValueClass is not values.MutexValue:  # PROMETHEUS_MULTIPROC_DIR is set
-        values.__dict__["ValueClass"] = values.MultiProcessValue(process_identifier=_this_pid)
+        cached = values.MultiProcessValue(process_identifier=processid.current)
+        values.__dict__["ValueClass"] = cached
 
 
 if TYPE_CHECKING:
